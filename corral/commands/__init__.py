@@ -1,0 +1,1 @@
+"""Subcommands of ``corral``; each module has ``configure_parser`` and ``run``."""

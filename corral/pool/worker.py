@@ -1,0 +1,169 @@
+"""What the gateway knows of one worker: identity, health state and live load."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from urllib.parse import urlsplit
+
+from corral.errors import InvalidRequest
+
+
+class WorkerState(enum.StrEnum):
+    """Health state. Only READY workers are offered to routing policies.
+
+    PENDING   registered, not yet probed successfully
+    READY     answering health checks; takes new requests
+    NOT_READY failing health checks; comes back to READY when it recovers
+    DRAINING  being removed; finishes what it has, takes nothing new
+    """
+
+    PENDING = "pending"
+    READY = "ready"
+    NOT_READY = "not_ready"
+    DRAINING = "draining"
+
+
+class WorkerRole(enum.StrEnum):
+    REGULAR = "regular"
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """One inference engine endpoint, immutable; the registry swaps whole copies.
+
+    ``id`` is stable for the worker's life (by default its ``host:port``).
+    ``address`` is what Envoy and the endpoint picker protocol use: ``host:port``,
+    with IPv6 hosts in brackets.
+    """
+
+    id: str
+    url: str
+    host: str
+    port: int
+    models: tuple[str, ...] = ()
+    role: WorkerRole = WorkerRole.REGULAR
+    labels: Mapping[str, str] = _EMPTY
+    state: WorkerState = WorkerState.PENDING
+    source: str = "static"
+    bootstrap_port: int | None = None
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def ready(self) -> bool:
+        return self.state is WorkerState.READY
+
+    def serves(self, model: str) -> bool:
+        return model in self.models
+
+
+def parse_worker_url(url: str) -> tuple[str, str, int]:
+    """Check a worker URL and return ``(normalised_url, host, port)``.
+
+    Only ``http://host:port`` (an optional path prefix is refused: Envoy sends the
+    client's path unchanged). Raises ``InvalidRequest`` naming what is wrong.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidRequest("worker url must be a non-empty string", param="url")
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid worker url {url!r}: {exc}", param="url") from exc
+    if parts.scheme not in ("http", "https"):
+        raise InvalidRequest(
+            f"invalid worker url {url!r}: scheme must be http or https", param="url"
+        )
+    host = parts.hostname
+    if not host:
+        raise InvalidRequest(f"invalid worker url {url!r}: no host", param="url")
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise InvalidRequest(
+            f"invalid worker url {url!r}: a path, query or fragment is not allowed",
+            param="url",
+        )
+    bracketed = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{bracketed}:{port}", host, port
+
+
+def make_worker(
+    url: str,
+    *,
+    models: tuple[str, ...] = (),
+    role: WorkerRole | str = WorkerRole.REGULAR,
+    labels: Mapping[str, str] | None = None,
+    source: str = "static",
+    worker_id: str | None = None,
+    bootstrap_port: int | None = None,
+) -> Worker:
+    """Build a PENDING worker from a URL, validating every field."""
+    normalised, host, port = parse_worker_url(url)
+    try:
+        role = WorkerRole(role)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"invalid role {role!r}: expected regular, prefill or decode", param="role"
+        ) from exc
+    bracketed = f"[{host}]" if ":" in host else host
+    return Worker(
+        id=worker_id or f"{bracketed}:{port}",
+        url=normalised,
+        host=host,
+        port=port,
+        models=tuple(models),
+        role=role,
+        labels=MappingProxyType(dict(labels or {})),
+        source=source,
+        bootstrap_port=bootstrap_port,
+    )
+
+
+@dataclass(slots=True)
+class WorkerLoad:
+    """Live load of one worker. Mutated only on the event loop thread.
+
+    ``requests`` and ``tokens`` count what the gateway has in flight on the worker
+    (incremented when routed, released at end of stream or abort). The ``engine_*``
+    fields come from the worker's own metrics and are ignored once older than the
+    staleness bound given to ``engine_fresh``.
+    """
+
+    requests: int = 0
+    tokens: int = 0
+    processed: int = 0
+    engine_running: float | None = None
+    engine_waiting: float | None = None
+    engine_kv_usage: float | None = None
+    engine_updated_at: float = field(default=0.0)
+
+    def engine_fresh(self, max_age_s: float, now: float | None = None) -> bool:
+        if self.engine_updated_at <= 0:
+            return False
+        now = time.monotonic() if now is None else now
+        return now - self.engine_updated_at <= max_age_s
+
+    def begin(self, tokens: int) -> None:
+        self.requests += 1
+        self.tokens += tokens
+
+    def end(self, tokens: int) -> None:
+        self.requests = max(0, self.requests - 1)
+        self.tokens = max(0, self.tokens - tokens)
+        self.processed += 1
