@@ -206,6 +206,16 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{location}: {error.get('msg', 'invalid')}"
 
 
+def _drop_nulls(value: Any) -> Any:
+    """An empty YAML section (``discovery:`` with every line commented) means
+    "defaults", not "null"; drop null values so defaults apply."""
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
 def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     token = environ.get(f"{ENV_PREFIX}ADMIN_TOKEN")
     if token:
@@ -221,7 +231,7 @@ def parse_settings(data: Any, *, environ: dict[str, str] | None = None) -> Setti
         raise ConfigError(
             f"configuration must be a mapping at the top level, got {type(data).__name__}"
         )
-    data = _env_overrides(dict(data), dict(os.environ if environ is None else environ))
+    data = _env_overrides(_drop_nulls(data), dict(os.environ if environ is None else environ))
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
