@@ -87,6 +87,9 @@ class KubernetesDiscoveryConfig(_Strict):
     bootstrap_port_annotation: str = "sglang.ai/bootstrap-port"
     kubeconfig: Path | None = None
     api_server: str | None = None
+    require_port_annotation: bool = False
+    """Skip (with a warning) pods without ``port_annotation`` instead of using the
+    selector's or the default port."""
 
 
 class DiscoveryConfig(_Strict):
@@ -135,6 +138,20 @@ class AdmissionConfig(_Strict):
     """Requests in flight per pool before new ones queue; unlimited when unset."""
     queue_size: int = Field(default=100, ge=0)
     queue_timeout_s: float = Field(default=30.0, gt=0)
+    rate_limit_requests_per_s: float | None = Field(default=None, gt=0)
+    """Sustained requests per second per API key or tenant; unlimited when unset."""
+    rate_limit_request_burst: int | None = Field(default=None, ge=1)
+    """Requests a key may send at once; defaults to one second's worth (at least 1)."""
+    rate_limit_tokens_per_min: float | None = Field(default=None, gt=0)
+    """Sustained prompt tokens per minute per API key or tenant; unlimited when unset."""
+    rate_limit_token_burst: int | None = Field(default=None, ge=1)
+    """Prompt tokens a key may spend at once; defaults to one minute's worth."""
+    tenant_header: str | None = None
+    """Header naming the tenant for rate limits; unset: the hashed bearer token."""
+    shed_waiting_threshold: float | None = Field(default=None, gt=0)
+    """Shed (503) when every ready worker reports at least this many waiting."""
+    shed_kv_usage_threshold: float | None = Field(default=None, gt=0, le=1)
+    """Shed (503) when every ready worker reports at least this KV cache usage."""
 
 
 class CircuitBreakerConfig(_Strict):
@@ -142,6 +159,8 @@ class CircuitBreakerConfig(_Strict):
     failure_threshold: int = Field(default=5, ge=1)
     success_threshold: int = Field(default=2, ge=1)
     open_duration_s: float = Field(default=10.0, gt=0)
+    half_open_max_requests: int = Field(default=1, ge=1)
+    """Probe requests in flight at once while half-open."""
 
 
 class EnvoyConfig(_Strict):
@@ -151,6 +170,11 @@ class EnvoyConfig(_Strict):
     failure_mode_allow: bool = True
     """Fail open: if ext_proc is unreachable, Envoy's own load balancer routes."""
     node_id: str = "corral-envoy"
+    ads_delta: bool = False
+    """Envoy subscribes with incremental (Delta) xDS instead of state of the world."""
+    control_plane: Address | None = None
+    """Where Envoy dials Corral's gRPC server, when that differs from ``grpc``
+    (Corral listening on 0.0.0.0 in a container that Envoy reaches by name)."""
 
 
 class LoggingConfig(_Strict):
