@@ -6,7 +6,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY corral ./corral
 RUN pip install --no-cache-dir . \
-    && useradd --system --uid 10001 corral
+    && useradd --system --create-home --uid 10001 corral
 USER corral
 # Train the builtin tokenizer at build time, so containers start at once.
 RUN python -c "from corral.tokenizer import load_builtin_tokenizer; load_builtin_tokenizer()"
