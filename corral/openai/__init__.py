@@ -1,0 +1,29 @@
+"""OpenAI-compatible request parsing for routing, SSE reading, ``/v1/models``."""
+
+from corral.openai.models import models_body
+from corral.openai.requests import (
+    IMAGE_PLACEHOLDER,
+    MODEL_OPTIONAL,
+    Endpoint,
+    ParsedRequest,
+    decode_json,
+    endpoint_for,
+    parse_request,
+)
+from corral.openai.sse import SSEEvent, SSEParser, Usage, body_usage, event_usage
+
+__all__ = [
+    "IMAGE_PLACEHOLDER",
+    "MODEL_OPTIONAL",
+    "Endpoint",
+    "ParsedRequest",
+    "SSEEvent",
+    "SSEParser",
+    "Usage",
+    "body_usage",
+    "decode_json",
+    "endpoint_for",
+    "event_usage",
+    "models_body",
+    "parse_request",
+]
