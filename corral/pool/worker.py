@@ -51,7 +51,9 @@ class Worker:
     port: int
     models: tuple[str, ...] = ()
     role: WorkerRole = WorkerRole.REGULAR
-    labels: Mapping[str, str] = _EMPTY
+    # A factory, not a plain default: a mappingproxy is unhashable on Python 3.11,
+    # which dataclasses refuse as a default value.
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     state: WorkerState = WorkerState.PENDING
     source: str = "static"
     bootstrap_port: int | None = None
