@@ -141,9 +141,9 @@ class AdmissionConfig(_Strict):
     rate_limit_requests_per_s: float | None = Field(default=None, gt=0)
     """Sustained requests per second per API key or tenant; unlimited when unset."""
     rate_limit_request_burst: int | None = Field(default=None, ge=1)
-    """Requests a key may send at once; defaults to one second's worth (at least 1)."""
+    """Requests a key may send at once; default: one second's worth, at least 1."""
     rate_limit_tokens_per_min: float | None = Field(default=None, gt=0)
-    """Sustained prompt tokens per minute per API key or tenant; unlimited when unset."""
+    """Prompt tokens per minute per API key or tenant; unlimited when unset."""
     rate_limit_token_burst: int | None = Field(default=None, ge=1)
     """Prompt tokens a key may spend at once; defaults to one minute's worth."""
     tenant_header: str | None = None
