@@ -40,7 +40,9 @@ class ManifestError(InvalidRequest):
     """A manifest that cannot be used; the message says where and why."""
 
 
-def parse_manifest(text: str, *, suffix: str = "", source: str = "file") -> list[Worker]:
+def parse_manifest(
+    text: str, *, suffix: str = "", source: str = "file"
+) -> list[Worker]:
     """Parse manifest text into PENDING workers; raise ``ManifestError`` if invalid.
 
     ``suffix`` (".json", ".yaml", ".yml") picks the syntax; anything else is

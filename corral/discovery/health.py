@@ -1,4 +1,4 @@
-"""Active health checks: admit PENDING workers, move workers between READY and NOT_READY.
+"""Active health checks: admit PENDING workers, move others between READY and NOT_READY.
 
 Every ``interval_s`` each worker (except DRAINING ones) gets one probe, in its own
 task, so one slow or hung worker costs only its own ``timeout_s`` and never
