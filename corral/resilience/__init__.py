@@ -2,14 +2,13 @@
 breakers (the ext_proc ``WorkerFilter`` hook) and admission control (the ext_proc
 ``Admission`` hook: concurrency queue, rate limits, overload shedding)."""
 
-from corral.resilience.admission import AdmissionController, AdmissionRequest
+from corral.resilience.admission import AdmissionController, prompt_tokens
 from corral.resilience.breaker import BreakerState, CircuitBreakers, Outcome, classify
 from corral.resilience.queue import ConcurrencyLimiter, Release
 from corral.resilience.ratelimit import RateLimiter, TokenBucket, tenant_key
 
 __all__ = [
     "AdmissionController",
-    "AdmissionRequest",
     "BreakerState",
     "CircuitBreakers",
     "ConcurrencyLimiter",
@@ -18,5 +17,6 @@ __all__ = [
     "Release",
     "TokenBucket",
     "classify",
+    "prompt_tokens",
     "tenant_key",
 ]

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Protocol
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from corral.config.settings import AdmissionConfig, LoadMetricsConfig
 from corral.errors import GatewayError, ServiceUnavailable
@@ -39,19 +39,6 @@ logger = logging.getLogger(__name__)
 
 SHED_RETRY_AFTER_S = 1
 _APPROX_CHARS_PER_TOKEN = 4
-
-
-class AdmissionRequest(Protocol):
-    """What admission reads of a request (``corral.routing.RoutingRequest`` fits)."""
-
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-
-    @property
-    def token_count(self) -> int: ...
-
-    @property
-    def text(self) -> str | None: ...
 
 
 def _noop() -> None:
@@ -91,7 +78,8 @@ class AdmissionController:
     def active(self) -> bool:
         """False when every check is off (the defaults)."""
         return (
-            self._shedding or self._rate.enabled
+            self._shedding
+            or self._rate.enabled
             or self._config.max_concurrent is not None
         )
 
@@ -109,8 +97,19 @@ class AdmissionController:
             )
         return limiter
 
-    async def acquire(self, model: str, request: AdmissionRequest) -> Release:
+    async def acquire(
+        self,
+        model: str,
+        request: object,
+        headers: Mapping[str, str] | None = None,
+    ) -> Release:
         """Admit one request to ``model``'s pool, waiting in its queue if needed.
+
+        ``request`` is the parsed request (``corral.openai.requests.ParsedRequest``
+        or a ``corral.routing.RoutingRequest``); its prompt size is what the
+        token rate limit charges. ``headers`` (lower-cased names) carry the API
+        key or tenant; when not given, ``request.headers`` is used if it exists.
+        Without either, every request shares the anonymous rate-limit key.
 
         Returns the release callable (idempotent; call it when the response ends,
         fails, or the client goes away). Raises ``RateLimited`` (429) or
@@ -124,7 +123,9 @@ class AdmissionController:
         charge = None
         if self._rate.enabled:
             try:
-                charge = self._rate.charge(request.headers, _tokens_of(request))
+                charge = self._rate.charge(
+                    _headers_of(request, headers), prompt_tokens(request)
+                )
             except GatewayError:
                 ADMISSION.labels(model, "rate_limited").inc()
                 raise
@@ -156,7 +157,8 @@ class AdmissionController:
             waiting = load.engine_waiting
             kv = load.engine_kv_usage
             over = (
-                waiting_limit is not None and waiting is not None
+                waiting_limit is not None
+                and waiting is not None
                 and waiting >= waiting_limit
             ) or (kv_limit is not None and kv is not None and kv >= kv_limit)
             if not over:
@@ -170,8 +172,29 @@ class AdmissionController:
         )
 
 
-def _tokens_of(request: AdmissionRequest) -> int:
-    if request.token_count > 0:
-        return request.token_count
-    text = request.text
-    return len(text) // _APPROX_CHARS_PER_TOKEN if text else 0
+def prompt_tokens(request: object) -> int:
+    """The prompt size a request is charged: its token count when known
+    (``token_count`` or ``token_ids``), else its text length / 4."""
+    count = getattr(request, "token_count", 0)
+    if isinstance(count, int) and count > 0:
+        return count
+    token_ids = getattr(request, "token_ids", None) or getattr(request, "tokens", None)
+    if token_ids:
+        return len(token_ids)
+    for name in ("text", "routing_text"):
+        text = getattr(request, name, None)
+        if isinstance(text, str) and text:
+            return len(text) // _APPROX_CHARS_PER_TOKEN
+    return 0
+
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+def _headers_of(
+    request: object, headers: Mapping[str, str] | None
+) -> Mapping[str, str]:
+    if headers is not None:
+        return headers
+    found = getattr(request, "headers", None)
+    return found if isinstance(found, Mapping) else _NO_HEADERS

@@ -26,6 +26,7 @@ The class implements the ext_proc ``WorkerFilter`` hook: ``allows`` and
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
@@ -93,7 +94,8 @@ class CircuitBreakers:
         self._registry = registry
         self._clock = clock
         self._probe_timeout = (
-            probe_timeout_s if probe_timeout_s is not None
+            probe_timeout_s
+            if probe_timeout_s is not None
             else self._config.open_duration_s
         )
         self._breakers: dict[str, _Breaker] = {}
@@ -173,10 +175,9 @@ class CircuitBreakers:
     def forget(self, worker_id: str) -> None:
         """Drop a worker's breaker (it left the registry)."""
         self._breakers.pop(worker_id, None)
-        try:
+        # A breaker that never opened was never exported: nothing to remove.
+        with contextlib.suppress(KeyError):
             BREAKER_STATE.remove(worker_id)
-        except KeyError:
-            pass  # never opened, so never exported
 
     def close(self) -> None:
         """Stop following the registry."""
@@ -215,7 +216,8 @@ class CircuitBreakers:
         BREAKER_STATE.labels(worker_id).set(1)
         logger.warning(
             "circuit breaker of %s %s for %.1fs",
-            worker_id, "re-opened" if reopened else "opened",
+            worker_id,
+            "re-opened" if reopened else "opened",
             self._config.open_duration_s,
         )
 
@@ -247,8 +249,9 @@ class CircuitBreakers:
                 refused.append((peer_breaker.opened_at, peer.id))
             else:
                 if refused and min(refused)[1] == worker_id:
-                    logger.debug("every breaker of pool %s open; %s fails soft",
-                                 model, worker_id)
+                    logger.debug(
+                        "every breaker of pool %s open; %s fails soft", model, worker_id
+                    )
                     return True
         return False
 
@@ -260,4 +263,3 @@ class CircuitBreakers:
     def _on_membership(self, snapshot: SnapshotView) -> None:
         for worker_id in [w for w in self._breakers if w not in snapshot.workers]:
             self.forget(worker_id)
-

@@ -15,6 +15,7 @@ newcomer to grab, which is what keeps the queue first in, first out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -122,10 +123,8 @@ class ConcurrencyLimiter:
         return waiter.done() and not waiter.cancelled()
 
     def _leave(self, waiter: asyncio.Future[None]) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
-        except ValueError:
-            pass
         self._publish_depth()
 
     def _publish_depth(self) -> None:

@@ -119,7 +119,8 @@ class RateLimiter:
         )
         self._tps = (
             config.rate_limit_tokens_per_min / 60.0
-            if config.rate_limit_tokens_per_min else None
+            if config.rate_limit_tokens_per_min
+            else None
         )
         self._token_burst = float(
             config.rate_limit_token_burst or (config.rate_limit_tokens_per_min or 1)
@@ -160,8 +161,7 @@ class RateLimiter:
                 "rate limit: %s refused, retry after %ss", key[:12], retry_after
             )
             raise RateLimited(
-                "Rate limit reached for this API key; retry after "
-                f"{retry_after} s.",
+                f"Rate limit reached for this API key; retry after {retry_after} s.",
                 retry_after_s=retry_after,
             )
         if entry.requests is not None:
@@ -188,11 +188,13 @@ class RateLimiter:
         entry = _Entry(
             requests=(
                 TokenBucket.full(self._request_burst, self._rps, now)
-                if self._rps else None
+                if self._rps
+                else None
             ),
             tokens=(
                 TokenBucket.full(self._token_burst, self._tps, now)
-                if self._tps else None
+                if self._tps
+                else None
             ),
         )
         self._entries[key] = entry

@@ -45,9 +45,19 @@ def fail(breakers: CircuitBreakers, worker: str, times: int = 1) -> None:
         (200, True, Outcome.FAILURE),
     ],
     ids=[
-        "200-success", "204-success", "302-success", "400-neutral", "404-neutral",
-        "429-neutral", "500-failure", "502-failure", "503-failure", "504-failure",
-        "timeout-failure", "reset-failure", "reset-after-headers-failure",
+        "200-success",
+        "204-success",
+        "302-success",
+        "400-neutral",
+        "404-neutral",
+        "429-neutral",
+        "500-failure",
+        "502-failure",
+        "503-failure",
+        "504-failure",
+        "timeout-failure",
+        "reset-failure",
+        "reset-after-headers-failure",
     ],
 )
 def test_classify_counts_5xx_resets_and_timeouts_as_failures(
@@ -200,14 +210,20 @@ def test_removed_workers_are_forgotten_with_their_metric() -> None:
     registry.add("other", "m")
     breakers, _ = make(registry)
     fail(breakers, "gone-worker", 3)
-    assert REGISTRY.get_sample_value(
-        "corral_circuit_breaker_open", {"worker": "gone-worker"}
-    ) == 1
+    assert (
+        REGISTRY.get_sample_value(
+            "corral_circuit_breaker_open", {"worker": "gone-worker"}
+        )
+        == 1
+    )
     registry.remove("gone-worker")
     assert breakers.state("gone-worker") is BreakerState.CLOSED
-    assert REGISTRY.get_sample_value(
-        "corral_circuit_breaker_open", {"worker": "gone-worker"}
-    ) is None
+    assert (
+        REGISTRY.get_sample_value(
+            "corral_circuit_breaker_open", {"worker": "gone-worker"}
+        )
+        is None
+    )
     breakers.close()
     assert registry.listeners == []
 
