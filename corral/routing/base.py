@@ -34,7 +34,9 @@ class RoutingRequest:
     text: str | None = None
     token_count: int = 0
     routing_key: str | None = None
-    headers: Mapping[str, str] = field(default=_NO_HEADERS)
+    # A factory, not a default: dataclasses refuse unhashable defaults such as
+    # a mappingproxy (Python 3.11 checks ``__hash__``); the proxy itself is shared.
+    headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
 
 
 @dataclass(frozen=True, slots=True)

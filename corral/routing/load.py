@@ -1,0 +1,152 @@
+"""The one load score every load-aware policy uses, and cheap selection by it.
+
+A worker's score is an estimate of how much work stands before a new request,
+counted in request equivalents (lower is better)::
+
+    score = requests                          gateway in-flight requests
+          + tokens / tokens_per_request       their prompt tokens, as requests
+          + waiting                           engine queue         (fresh only)
+          + max(0, running - requests)        engine work from elsewhere (fresh)
+          + kv_weight * k / (1 - k)           KV-cache pressure, k = usage (fresh)
+
+The gateway's own counters are exact and current; the engine's readings arrive
+by polling and lag, so they are only used while ``WorkerLoad.engine_fresh`` says
+they are younger than ``stale_after_s``: a stale reading (a worker whose metrics
+endpoint stopped answering) must not keep steering traffic. ``running`` already
+includes what this gateway sent, so only the excess over ``requests`` is added.
+The KV term grows without bound as the cache fills, as in SMG's least_load score
+(see /work/shared/reference/smg.md section 2), with ``k`` capped below 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from corral.routing.base import Candidate
+from corral.routing.params import ParamReader
+
+DEFAULT_STALE_AFTER_S = 5.0
+DEFAULT_TOKENS_PER_REQUEST = 1024.0
+DEFAULT_KV_WEIGHT = 1.0
+_KV_CAP = 0.99
+
+
+class LoadScorer:
+    """Scores candidates; one instance per policy, configured from its params."""
+
+    __slots__ = ("_clock", "kv_weight", "stale_after_s", "tokens_per_request")
+
+    def __init__(
+        self,
+        *,
+        stale_after_s: float = DEFAULT_STALE_AFTER_S,
+        tokens_per_request: float = DEFAULT_TOKENS_PER_REQUEST,
+        kv_weight: float = DEFAULT_KV_WEIGHT,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.stale_after_s = stale_after_s
+        self.tokens_per_request = tokens_per_request
+        self.kv_weight = kv_weight
+        self._clock = clock
+
+    @classmethod
+    def from_params(cls, reader: ParamReader) -> LoadScorer:
+        """Reads ``stale_after_s``, ``tokens_per_request`` and ``kv_weight``."""
+        return cls(
+            stale_after_s=reader.number(
+                "stale_after_s", DEFAULT_STALE_AFTER_S, above=0
+            ),
+            tokens_per_request=reader.number(
+                "tokens_per_request", DEFAULT_TOKENS_PER_REQUEST, above=0
+            ),
+            kv_weight=reader.number("kv_weight", DEFAULT_KV_WEIGHT, minimum=0),
+        )
+
+    def score(self, candidate: Candidate, now: float | None = None) -> float:
+        """The score of one candidate (see the module docstring)."""
+        return self.scores((candidate,), now)[0]
+
+    def scores(
+        self, candidates: Sequence[Candidate], now: float | None = None
+    ) -> list[float]:
+        """Scores of every candidate, in order. One pass, one clock read: this
+        runs on every decision, so the loop body stays free of calls."""
+        if now is None:
+            now = self._clock()
+        stale = self.stale_after_s
+        per_request = 1.0 / self.tokens_per_request
+        kv_weight = self.kv_weight
+        out: list[float] = []
+        append = out.append
+        for candidate in candidates:
+            load = candidate.load
+            requests = load.requests
+            value = requests + load.tokens * per_request
+            updated = load.engine_updated_at
+            if updated > 0 and now - updated <= stale:
+                waiting = load.engine_waiting
+                if waiting:
+                    value += waiting
+                running = load.engine_running
+                if running and running > requests:
+                    value += running - requests
+                kv = load.engine_kv_usage
+                if kv and kv_weight:
+                    kv = _KV_CAP if kv > _KV_CAP else kv
+                    value += kv_weight * kv / (1.0 - kv)
+            append(value)
+        return out
+
+
+def argmin(scores: Sequence[float], start: int = 0) -> int:
+    """Index of the lowest score; among equal ones, the first at or after
+    ``start`` (wrapping). Rotating ``start`` spreads ties instead of always
+    favouring the first worker (SMG saw replica 0 pinned that way)."""
+    n = len(scores)
+    start %= n
+    best = start
+    low = scores[start]
+    for i in range(start + 1, n):
+        if scores[i] < low:
+            low = scores[i]
+            best = i
+    for i in range(start):
+        if scores[i] < low:
+            low = scores[i]
+            best = i
+    return best
+
+
+def fill_by_load(
+    chosen: list[int], scores: Sequence[float], limit: int, start: int = 0
+) -> list[int]:
+    """Append to ``chosen`` the lowest-scored indices not already in it until it
+    holds ``limit`` (or every index). Ties go to the index reached first from
+    ``start``. A bounded insertion pass, not a sort: ``limit`` is small (the
+    caller's ``max_workers``) while the pool may hold hundreds of workers."""
+    n = len(scores)
+    need = min(limit, n) - len(chosen)
+    if need <= 0:
+        return chosen
+    taken = set(chosen)
+    best: list[tuple[float, int]] = []  # ascending by score, at most ``need``
+    start %= n
+    for step in range(n):
+        i = start + step
+        if i >= n:
+            i -= n
+        if i in taken:
+            continue
+        value = scores[i]
+        if len(best) == need:
+            if value >= best[-1][0]:
+                continue
+            best.pop()
+        pos = len(best)
+        while pos > 0 and best[pos - 1][0] > value:
+            pos -= 1
+        best.insert(pos, (value, i))
+    chosen.extend(i for _, i in best)
+    return chosen
