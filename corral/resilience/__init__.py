@@ -4,6 +4,7 @@ breakers (the ext_proc ``WorkerFilter`` hook) and admission control (the ext_pro
 
 from corral.resilience.admission import AdmissionController, prompt_tokens
 from corral.resilience.breaker import BreakerState, CircuitBreakers, Outcome, classify
+from corral.resilience.factory import build_admission, build_breaker
 from corral.resilience.queue import ConcurrencyLimiter, Release
 from corral.resilience.ratelimit import RateLimiter, TokenBucket, tenant_key
 
@@ -16,6 +17,8 @@ __all__ = [
     "RateLimiter",
     "Release",
     "TokenBucket",
+    "build_admission",
+    "build_breaker",
     "classify",
     "prompt_tokens",
     "tenant_key",
