@@ -100,7 +100,16 @@ def _load(text: str, suffix: str) -> Any:
             f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
     except yaml.YAMLError as exc:
-        raise ManifestError(f"invalid YAML: {exc}".replace("\n", " ")) from None
+        raise ManifestError(_yaml_problem(exc)) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # PyYAML's str() spans several lines with a caret drawing; keep the facts.
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "cannot parse"
+    if mark is None:
+        return f"invalid YAML: {problem}"
+    return f"invalid YAML at line {mark.line + 1} column {mark.column + 1}: {problem}"
 
 
 class FileSource:
