@@ -1,0 +1,376 @@
+"""One HTTP request's life on the ext_proc stream, phase by phase.
+
+Phases, in the order Envoy sends them with the contract's processing modes
+(request headers SEND, request body BUFFERED, response headers SEND, response
+body STREAMED, trailers SKIP):
+
+1. request headers: answer ``GET /v1/models`` locally; refuse a declared
+   ``content-length`` above the limit (413) before any body is read; a request
+   without a body is routed here, otherwise the headers pass unchanged.
+2. request body (one message in BUFFERED mode): size check, parse, resolve the
+   pool, tokenize, admit, pick, charge the primary; answer with the decision.
+3. response headers: learn who served from ``upstream.address`` (Envoy may
+   have retried onto a fallback) and move the in-flight charge there; add
+   ``x-corral-worker`` and echo ``x-request-id``.
+4. response body chunks: observed and answered at once, never held.
+5. end: ``end_of_stream`` on the response settles the request. A stream that
+   stops before it (EOF or cancellation: client gone, upstream reset) is an
+   abort. Either way ``close()`` releases the charge and admission slot exactly
+   once.
+
+Every request message gets exactly one answer of its phase
+(https://www.envoyproxy.io/docs/envoy/v1.40.0/api-v3/service/ext_proc/v3/external_processor.proto),
+except after an immediate response, which ends the exchange.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from corral.errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    NoHealthyWorker,
+    PayloadTooLarge,
+)
+from corral.extproc import headers as names
+from corral.extproc import responses
+from corral.extproc.context import ServerContext
+from corral.extproc.hooks import Release
+from corral.extproc.observe import ResponseObserver
+from corral.observability.metrics import (
+    ABORTS,
+    DECISION_SECONDS,
+    E2E_SECONDS,
+    IN_FLIGHT,
+    ITL_SECONDS,
+    OUTPUT_TOKENS,
+    PROMPT_TOKENS,
+    REQUESTS,
+    TTFT_SECONDS,
+    bounded_status,
+)
+from corral.openai import models as model_answers
+from corral.openai.requests import Endpoint, ParsedRequest, endpoint_for, parse_request
+from corral.routing.base import RoutingRequest
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("corral.access")
+
+MAX_WORKERS = 3
+"""Primary plus fallbacks written into the destination list."""
+NO_WORKER = "none"
+UNKNOWN_MODEL = "unknown"
+
+
+def _header_map(message: pb.HttpHeaders) -> dict[str, str]:
+    # Envoy sends values in raw_value (bytes) unless configured otherwise.
+    return {
+        h.key.lower(): h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        for h in message.headers.headers
+    }
+
+
+class RequestStream:
+    """The state of one ``Process`` stream. Event loop thread only."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.started = time.monotonic()
+        self.request_id: str | None = None
+        self.method = ""
+        self.path = ""
+        self.endpoint = Endpoint.OTHER
+        self.headers: dict[str, str] = {}
+        self.body = bytearray()
+        self.pool: str | None = None
+        self.policy_name = "none"
+        self.reason = ""
+        self.worker_id: str | None = None
+        self.primary_id: str | None = None
+        self.tokens = 0
+        self.status: int | None = None
+        self.observer: ResponseObserver | None = None
+        self.finished = False
+        self._charged = False
+        self._release_admission: Release | None = None
+
+    @property
+    def model_label(self) -> str:
+        return self.pool or UNKNOWN_MODEL
+
+    async def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        """Answer one message from Envoy."""
+        phase = request.WhichOneof("request")
+        try:
+            if phase == "request_headers":
+                return await self._request_headers(request.request_headers)
+            if phase == "request_body":
+                return await self._request_body(request.request_body)
+            if phase == "response_headers":
+                return self._response_headers(request)
+            if phase == "response_body":
+                return self._response_body(request.response_body)
+            if phase == "request_trailers":
+                return responses.CONTINUE_REQUEST_TRAILERS
+            if phase == "response_trailers":
+                self._finish()
+                return responses.CONTINUE_RESPONSE_TRAILERS
+        except GatewayError as exc:
+            return self._fail(exc)
+        raise ValueError(f"unexpected ext_proc message {phase!r}")
+
+    # -- request ----------------------------------------------------------------
+
+    async def _request_headers(self, message: pb.HttpHeaders) -> pb.ProcessingResponse:
+        self.headers = _header_map(message)
+        self.request_id = self.headers.get(names.REQUEST_ID_HEADER)
+        self.method = self.headers.get(":method", "")
+        self.path = self.headers.get(":path", "")
+        self.endpoint = endpoint_for(self.path)
+        if self.method in ("GET", "HEAD"):
+            answer = self._models_answer()
+            if answer is not None:
+                return answer
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.ctx.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body of {declared} bytes exceeds the limit of "
+                f"{self.ctx.max_body_bytes} bytes"
+            )
+        if not message.end_of_stream:
+            return responses.CONTINUE_REQUEST_HEADERS
+        if self.endpoint is not Endpoint.OTHER and self.method == "POST":
+            raise InvalidRequest("request body is empty; expected a JSON object")
+        return await self._decide(ParsedRequest(Endpoint.OTHER), on_headers=True)
+
+    def _models_answer(self) -> pb.ProcessingResponse | None:
+        model = model_answers.models_path_id(self.path)
+        if model is None:
+            return None
+        self.finished = True
+        if model == "":
+            body = model_answers.list_body(self.ctx.models(), self.ctx.created)
+        elif self.ctx.pool_of(model) is not None:
+            body = model_answers.model_body(model, self.ctx.created)
+        else:
+            raise ModelNotFound(model)
+        self._count(200)
+        return responses.ok_json(body, self.request_id)
+
+    async def _request_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
+        self.body += message.body
+        if len(self.body) > self.ctx.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body exceeds the limit of {self.ctx.max_body_bytes} bytes"
+            )
+        if not message.end_of_stream:
+            # Only in body modes other than the contract's BUFFERED: keep
+            # collecting; the decision needs the whole body.
+            return responses.CONTINUE_REQUEST_BODY
+        parsed = parse_request(self.endpoint, bytes(self.body))
+        return await self._decide(parsed, on_headers=False)
+
+    async def _decide(
+        self, parsed: ParsedRequest, *, on_headers: bool
+    ) -> pb.ProcessingResponse:
+        ctx = self.ctx
+        self.pool = pool = ctx.resolve(parsed.model, parsed.endpoint)
+        if pool is None:
+            # No model and no default pool: Envoy's catch-all route decides.
+            return (
+                responses.CONTINUE_REQUEST_HEADERS
+                if on_headers
+                else responses.CONTINUE_REQUEST_BODY
+            )
+        policy = ctx.policy(pool)
+        self.policy_name = policy.name
+        prompt = ctx.tokenizer(pool)
+        tokens: Sequence[int] | None = None
+        if prompt is not None:
+            tokens = await prompt.tokens(parsed)
+        elif parsed.token_ids is not None:
+            tokens = parsed.token_ids
+        text = parsed.routing_text
+        count = len(tokens) if tokens is not None else len(text or self.body) // 4
+        routing = RoutingRequest(
+            model=pool, tokens=tokens, text=text, token_count=count,
+            headers=self.headers,
+        )
+        self._release_admission = await ctx.admission.acquire(pool, routing)
+        candidates = ctx.candidates(pool)
+        if not candidates:
+            raise NoHealthyWorker(
+                f"no healthy worker serves model `{pool}`", retry_after_s=1
+            )
+        began = time.perf_counter()
+        decision = policy.pick(routing, candidates, MAX_WORKERS)
+        DECISION_SECONDS.labels(self.policy_name).observe(time.perf_counter() - began)
+        workers = tuple(dict.fromkeys(decision.workers))[:MAX_WORKERS]
+        if not workers:
+            raise NoHealthyWorker(
+                f"no worker chosen for model `{pool}`", retry_after_s=1
+            )
+        self.reason = decision.reason
+        self.tokens = count
+        self.primary_id = workers[0].id
+        self._charge(workers[0].id)
+        logger.debug(
+            "request %s model=%s worker=%s fallbacks=%s reason=%s tokens=%d",
+            self.request_id, pool, workers[0].id,
+            ",".join(w.id for w in workers[1:]) or "-", decision.reason, count,
+        )
+        return responses.route(
+            (w.address for w in workers), pool, on_headers=on_headers
+        )
+
+    # -- response ---------------------------------------------------------------
+
+    def _response_headers(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        message = request.response_headers
+        headers = _header_map(message)
+        status = headers.get(":status", "")
+        self.status = int(status) if status.isdigit() else None
+        served = self._served_address(request)
+        if served and self.worker_id is not None:
+            self._follow(served)
+        self.observer = ResponseObserver(self.started, headers.get("content-type", ""))
+        added: dict[str, str] = {}
+        if self.worker_id is not None:
+            added[names.WORKER_HEADER] = self.worker_id
+        if self.request_id:
+            added[names.REQUEST_ID_HEADER] = self.request_id
+        if message.end_of_stream:
+            self._finish()
+        return responses.response_headers(added)
+
+    @staticmethod
+    def _served_address(request: pb.ProcessingRequest) -> str | None:
+        attributes = request.attributes.get(names.EXT_PROC_ATTRIBUTES)
+        if attributes is None:
+            return None
+        value = attributes.fields.get(names.UPSTREAM_ADDRESS)
+        return value.string_value if value is not None and value.string_value else None
+
+    def _follow(self, address: str) -> None:
+        """Move the charge to the worker that really served, if Envoy retried."""
+        current = self.ctx.registry.get(self.worker_id or "")
+        if current is not None and current.address == address:
+            return
+        served = self.ctx.registry.find_by_address(address)
+        if served is None or served.id == self.worker_id:
+            return
+        previous = self.worker_id
+        assert previous is not None
+        # Envoy moves on only after a failed attempt (connect failure, reset,
+        # retriable status): that attempt counts against the primary.
+        self.ctx.breaker.record_outcome(previous, None, True)
+        self._uncharge()
+        self._charge(served.id)
+        logger.debug("request %s retried from %s to %s", self.request_id, previous,
+                     served.id)
+
+    def _response_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
+        if self.observer is not None and message.body:
+            self.observer.chunk(message.body, time.monotonic())
+        if message.end_of_stream:
+            self._finish()
+        return responses.CONTINUE_RESPONSE_BODY
+
+    # -- accounting -------------------------------------------------------------
+
+    def _charge(self, worker_id: str) -> None:
+        load = self.ctx.registry.load(worker_id)
+        load.begin(self.tokens)
+        self.worker_id = worker_id
+        self._charged = True
+        IN_FLIGHT.labels(worker_id).set(load.requests)
+
+    def _uncharge(self) -> None:
+        if not self._charged or self.worker_id is None:
+            return
+        load = self.ctx.registry.load(self.worker_id)
+        load.requests = max(0, load.requests - 1)
+        load.tokens = max(0, load.tokens - self.tokens)
+        IN_FLIGHT.labels(self.worker_id).set(load.requests)
+        self._charged = False
+
+    def _release(self) -> None:
+        if self._charged and self.worker_id is not None:
+            load = self.ctx.registry.load(self.worker_id)
+            load.end(self.tokens)
+            IN_FLIGHT.labels(self.worker_id).set(load.requests)
+            self._charged = False
+        release, self._release_admission = self._release_admission, None
+        if release is not None:
+            try:
+                release()
+            except Exception:
+                logger.exception("admission release failed")
+
+    def _finish(self) -> None:
+        """The response ended normally (end of stream seen)."""
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            now = time.monotonic()
+            model = self.model_label
+            if self.worker_id is not None:
+                self.ctx.breaker.record_outcome(self.worker_id, self.status, False)
+            if self.observer is not None:
+                usage = self.observer.end()
+                if self.observer.first_token_s is not None:
+                    TTFT_SECONDS.labels(model).observe(self.observer.first_token_s)
+                itl = ITL_SECONDS.labels(model)
+                for gap in self.observer.gaps:
+                    itl.observe(gap)
+                if usage.completion_tokens:
+                    OUTPUT_TOKENS.labels(model).inc(usage.completion_tokens)
+                if usage.prompt_tokens:
+                    PROMPT_TOKENS.labels(model).inc(usage.prompt_tokens)
+            E2E_SECONDS.labels(model).observe(now - self.started)
+            self._count(self.status or 0)
+        finally:
+            self._release()
+
+    def _fail(self, error: GatewayError) -> pb.ProcessingResponse:
+        """An immediate error answer; the exchange ends here."""
+        self.finished = True
+        self._release()
+        self._count(error.status)
+        logger.debug("request %s refused: %d %s", self.request_id, error.status,
+                     error.message)
+        return responses.error_response(error, self.request_id)
+
+    def close(self) -> None:
+        """The gRPC stream is over. Without a finished response, an abort."""
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            if self.worker_id is not None:
+                ABORTS.labels(self.model_label).inc()
+                if self.status is None:
+                    # Routed, and no response ever came back: count a reset.
+                    self.ctx.breaker.record_outcome(self.worker_id, None, True)
+                self._count(self.status or 0, aborted=True)
+        finally:
+            self._release()
+
+    def _count(self, status: int, *, aborted: bool = False) -> None:
+        label = "aborted" if aborted else bounded_status(status)
+        worker = self.worker_id or NO_WORKER
+        REQUESTS.labels(self.model_label, worker, label, self.policy_name).inc()
+        if self.ctx.access_log:
+            access_logger.info(
+                "%s %s %s model=%s worker=%s status=%s reason=%s tokens=%d %.1fms",
+                self.request_id or "-", self.method, self.path, self.model_label,
+                worker, label, self.reason or "-", self.tokens,
+                (time.monotonic() - self.started) * 1000,
+            )
