@@ -47,7 +47,12 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
-from corral.config.settings import KubernetesDiscoveryConfig, KubernetesSelector
+from corral.config.settings import (
+    KubernetesDiscoveryConfig,
+    KubernetesSelector,
+    Settings,
+)
+from corral.discovery.drain import cancel_drain, draining_ids, start_drain
 from corral.discovery.kubernetes_pods import (
     SOURCE,
     PodSkipped,
@@ -67,7 +72,6 @@ DEFAULT_BACKOFF_MAX_S = 30.0
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 _CONNECT_TIMEOUT_S = 10.0
 _READ_MARGIN_S = 30.0
-_DRAIN_POLL_S = 0.05
 _SHORT_WATCH_S = 1.0
 
 
@@ -163,8 +167,8 @@ class KubernetesDiscovery:
         self._owned: dict[str, set[str]] = {}
         self._was_ready: dict[str, bool] = {}
         self._skipped: dict[str, str] = {}
-        self._drains: dict[str, asyncio.Task[None]] = {}
         self._listed: set[int] = set()
+        self._versions: list[str | None] = [None for _ in selectors]
         self._synced = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -172,13 +176,18 @@ class KubernetesDiscovery:
         workers = sum(len(ids) for ids in self._owned.values())
         return (
             f"<KubernetesDiscovery selectors={len(self._pods)} pods={pods}"
-            f" workers={workers} draining={len(self._drains)}>"
+            f" workers={workers}>"
         )
 
     @property
     def synced(self) -> bool:
         """True once every selector has been listed at least once."""
         return self._synced.is_set()
+
+    @property
+    def resource_versions(self) -> tuple[str | None, ...]:
+        """The last resource version seen per selector (None before a list)."""
+        return tuple(self._versions)
 
     async def wait_synced(self) -> None:
         """Wait until every selector has been listed (use with a timeout)."""
@@ -194,9 +203,9 @@ class KubernetesDiscovery:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for task in (*tasks, *self._drains.values()):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, *self._drains.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await api_client.close()
 
     # -- list and watch --------------------------------------------------------
@@ -212,6 +221,7 @@ class KubernetesDiscovery:
             try:
                 if version is None:
                     pods, version = await self._list(api, selector)
+                    self._versions[index] = version
                     self._replace(index, pods)
                     backoff.reset()
                     logger.info(
@@ -225,6 +235,7 @@ class KubernetesDiscovery:
                 # A stream that closes at once without news must not spin.
                 raise _ApiError("watch closed immediately")
             except _Expired:
+                self._versions[index] = None
                 logger.info(
                     "kubernetes: version %s for %r expired (410), listing again",
                     version, selector.label_selector,
@@ -293,6 +304,7 @@ class KubernetesDiscovery:
                 if not line:
                     continue
                 version = self._on_event(index, json.loads(line), version)
+                self._versions[index] = version
                 events += 1
         finally:
             resp.release()
@@ -377,9 +389,7 @@ class KubernetesDiscovery:
         if current is not None and current.state is WorkerState.DRAINING:
             # The same pod name is back (a StatefulSet replacement): the old
             # worker's drain gives way to the new one.
-            task = self._drains.pop(worker.id, None)
-            if task is not None:
-                task.cancel()
+            cancel_drain(self._registry, worker.id)
             self._registry.remove(worker.id)
             current = None
         if current is None:
@@ -402,35 +412,27 @@ class KubernetesDiscovery:
                 self._skipped.pop(key, None)
         else:
             self._owned[key] = owned - targets
+        draining = draining_ids(self._registry)
         for worker_id in sorted(targets):
-            if worker_id in self._drains or self._registry.get(worker_id) is None:
+            if worker_id in draining or self._registry.get(worker_id) is None:
                 continue
             logger.info("kubernetes: draining %s (%s)", worker_id, why)
-            task = asyncio.get_running_loop().create_task(self._drain(worker_id))
-            self._drains[worker_id] = task
-
-    async def _drain(self, worker_id: str) -> None:
-        try:
-            await drain_and_remove(self._registry, worker_id, self._drain_timeout_s)
-        finally:
-            if self._drains.get(worker_id) is asyncio.current_task():
-                del self._drains[worker_id]
+            start_drain(self._registry, worker_id, self._drain_timeout_s)
 
 
-async def drain_and_remove(
-    registry: WorkerRegistry, worker_id: str, timeout_s: float
-) -> None:
-    """Mark a worker DRAINING, wait for its in-flight requests (at most
-    ``timeout_s``), then remove it."""
-    if registry.get(worker_id) is None:
-        return
-    registry.set_state(worker_id, WorkerState.DRAINING)
-    deadline = time.monotonic() + timeout_s
-    while registry.load(worker_id).requests > 0 and time.monotonic() < deadline:
-        await asyncio.sleep(_DRAIN_POLL_S)
-    current = registry.get(worker_id)
-    if current is not None and current.state is WorkerState.DRAINING:
-        registry.remove(worker_id)
+def build_kubernetes_source(
+    settings: Settings, registry: WorkerRegistry
+) -> KubernetesDiscovery | None:
+    """The Kubernetes source a configuration asks for, or None if it asks none.
+
+    Drains use ``health_check.drain_timeout_s``, as every other source's do.
+    """
+    config = settings.discovery.kubernetes
+    if config is None:
+        return None
+    return KubernetesDiscovery(
+        config, registry, drain_timeout_s=settings.health_check.drain_timeout_s
+    )
 
 
 def _raise_for_status(status: int, body: bytes) -> None:

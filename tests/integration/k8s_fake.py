@@ -162,6 +162,8 @@ class FakeKubeAPI:
         self._watchers: list[_Watcher] = []
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.last_bookmark: int = 0
+        """Resource version carried by the latest BOOKMARK sent."""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -322,6 +324,7 @@ class FakeKubeAPI:
                             "kind": "Pod", "apiVersion": "v1",
                             "metadata": {"resourceVersion": str(self._rv)},
                         })
+                        self.last_bookmark = self._rv
                     continue
                 if item is _DROP:
                     break
