@@ -1,0 +1,365 @@
+"""The Envoy bootstrap for a Corral configuration, as plain data.
+
+Static parts live here: the listener with its filter chain (strip routing
+headers, ext_proc, router), the routes by ``x-corral-pool``, and the one static
+cluster that reaches Corral's gRPC server for both ext_proc and ADS. Pool
+clusters and endpoints arrive over ADS (``corral.xds.service``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral.config.settings import Address, Settings
+from corral.xds.names import (
+    CONTROL_PLANE_CLUSTER,
+    DESTINATION_HEADER,
+    LB_METADATA_NAMESPACE,
+    POOL_HEADER,
+    SERVED_HEADER,
+    WORKER_HEADER,
+    pool_cluster_name,
+)
+from corral.xds.resources import buffer_limit_bytes
+
+_TYPE = "type.googleapis.com/"
+_GRPC_HEADROOM_BYTES = 1024 * 1024
+"""Above ``max_body_bytes``: a whole buffered body plus its framing fits one message."""
+
+STRIPPED_HEADERS = (DESTINATION_HEADER, SERVED_HEADER, POOL_HEADER, WORKER_HEADER)
+"""Routing headers a client must never choose: removed before ext_proc runs."""
+
+MAX_REQUEST_HEADERS_KB = 96
+
+# Envoy's own local replies (its text/plain bodies) as OpenAI error JSON, keyed by
+# status. Replies that already carry application/json (ext_proc's immediate
+# responses) are left as they are.
+_LOCAL_REPLIES: tuple[tuple[int, str, str], ...] = (
+    (400, "invalid_request_error", "invalid_request"),
+    (404, "invalid_request_error", "not_found"),
+    (408, "invalid_request_error", "request_timeout"),
+    (413, "invalid_request_error", "request_too_large"),
+    (431, "invalid_request_error", "request_headers_too_large"),
+    (500, "internal_error", "internal_error"),
+    (502, "service_unavailable", "bad_gateway"),
+    (503, "service_unavailable", "no_healthy_upstream"),
+    (504, "service_unavailable", "upstream_timeout"),
+)
+
+
+def _seconds(value: float) -> str:
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return f"{text}s"
+
+
+def _socket(address: Address) -> dict[str, Any]:
+    return {"socket_address": {"address": address.host, "port_value": address.port}}
+
+
+def grpc_max_message_bytes(settings: Settings) -> int:
+    """gRPC message size limit on both sides of the control-plane connection."""
+    return settings.limits.max_body_bytes + _GRPC_HEADROOM_BYTES
+
+
+def _control_plane_cluster(settings: Settings) -> dict[str, Any]:
+    target = getattr(settings.envoy, "control_plane", None) or settings.grpc
+    return {
+        "name": CONTROL_PLANE_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": _seconds(settings.timeouts.connect_s),
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        # ext_proc streams are long and many: do not cap them.
+                        "max_concurrent_streams": 1_000_000,
+                        "connection_keepalive": {"interval": "30s", "timeout": "10s"},
+                    }
+                },
+            }
+        },
+        "load_assignment": {
+            "cluster_name": CONTROL_PLANE_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(target)}}]}],
+        },
+    }
+
+
+def _header_strip_filter() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": _TYPE
+            + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {
+                "request_mutations": [{"remove": name} for name in STRIPPED_HEADERS]
+            },
+        },
+    }
+
+
+def _ext_proc_filter(settings: Settings) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {
+                "envoy_grpc": {
+                    "cluster_name": CONTROL_PLANE_CLUSTER,
+                    "max_receive_message_length": grpc_max_message_bytes(settings),
+                },
+            },
+            # Fail open (settings.envoy.failure_mode_allow): without the picker the
+            # request still reaches its pool through the cluster's fallback LB.
+            "failure_mode_allow": settings.envoy.failure_mode_allow,
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SEND",
+                "response_body_mode": "STREAMED",
+                "response_trailer_mode": "SKIP",
+            },
+            "allow_mode_override": True,
+            "message_timeout": "10s",
+            # Without this, dynamic metadata the server returns is dropped.
+            "metadata_options": {
+                "receiving_namespaces": {"untyped": [LB_METADATA_NAMESPACE]}
+            },
+            "response_attributes": ["upstream.address"],
+        },
+    }
+
+
+def _retry_policy(settings: Settings) -> dict[str, Any]:
+    retry = settings.retry
+    policy: dict[str, Any] = {
+        "retry_on": "connect-failure,refused-stream,reset,retriable-status-codes",
+        "retriable_status_codes": list(retry.retry_on_statuses),
+        "num_retries": retry.attempts - 1,
+        # Retries walk the picker's fallback list; when they fall back to round
+        # robin, they must not land on a host that already failed.
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": _TYPE
+                    + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 3,
+    }
+    if retry.per_try_timeout_s is not None:
+        policy["per_try_timeout"] = _seconds(retry.per_try_timeout_s)
+    return policy
+
+
+def _pool_action(model: str, settings: Settings) -> dict[str, Any]:
+    action: dict[str, Any] = {
+        "cluster": pool_cluster_name(model),
+        # Streams of tokens last minutes: no route timeout (Envoy's default 15 s
+        # cuts SSE); the idle timeout catches stalled upstreams instead.
+        "timeout": "0s",
+        "idle_timeout": _seconds(settings.timeouts.idle_s),
+        "retry_policy": _retry_policy(settings),
+    }
+    if settings.timeouts.total_s is not None:
+        action["max_stream_duration"] = {
+            "max_stream_duration": _seconds(settings.timeouts.total_s)
+        }
+    return action
+
+
+def default_pool(settings: Settings) -> str | None:
+    """The pool fail-open traffic goes to: ``default_model`` or the only pool."""
+    if settings.default_model:
+        model = settings.model(settings.default_model)
+        return model.name if model is not None else settings.default_model
+    if len(settings.models) == 1:
+        return settings.models[0].name
+    return None
+
+
+def _routes(settings: Settings) -> list[dict[str, Any]]:
+    routes = [
+        {
+            "name": f"pool_{pool_cluster_name(m.name)}",
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": POOL_HEADER, "string_match": {"exact": m.name}}],
+            },
+            "route": _pool_action(m.name, settings),
+        }
+        for m in settings.models
+    ]
+    fallback = default_pool(settings)
+    if fallback is not None:
+        routes.append(
+            {"name": "default_pool", "match": {"prefix": "/"},
+             "route": _pool_action(fallback, settings)}
+        )
+    else:
+        body = (
+            '{"error":{"message":"no model pool matches this request and no '
+            'default_model is configured","type":"service_unavailable",'
+            '"param":null,"code":"no_pool"}}'
+        )
+        routes.append(
+            {
+                "name": "no_pool",
+                "match": {"prefix": "/"},
+                "direct_response": {"status": 503, "body": {"inline_string": body}},
+                "response_headers_to_add": [
+                    {"header": {"key": "content-type", "value": "application/json"},
+                     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                ],
+            }
+        )
+    return routes
+
+
+def _local_reply_config() -> dict[str, Any]:
+    mappers = []
+    for status, error_type, code in _LOCAL_REPLIES:
+        mappers.append(
+            {
+                "filter": {
+                    "and_filter": {
+                        "filters": [
+                            {"status_code_filter": {"comparison": {
+                                "op": "EQ",
+                                "value": {"default_value": status,
+                                          "runtime_key": f"corral.local_reply.{status}"},
+                            }}},
+                            {"extension_filter": {
+                                "name": "envoy.access_loggers.extension_filters.cel",
+                                "typed_config": {
+                                    "@type": _TYPE + "envoy.extensions.access_loggers"
+                                    ".filters.cel.v3.ExpressionFilter",
+                                    "expression": (
+                                        "!response.headers['content-type']"
+                                        ".startsWith('application/json')"
+                                    ),
+                                },
+                            }},
+                        ]
+                    }
+                },
+                "body_format_override": {
+                    "json_format": {
+                        "error": {
+                            "message": "%LOCAL_REPLY_BODY%",
+                            "type": error_type,
+                            "param": None,
+                            "code": code,
+                        }
+                    },
+                },
+            }
+        )
+    return {"mappers": mappers}
+
+
+def _access_log() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": _TYPE
+                + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                "log_format": {
+                    "text_format_source": {
+                        "inline_string": (
+                            "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)%\" "
+                            "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% "
+                            "pool=%REQ(X-CORRAL-POOL)% host=%UPSTREAM_HOST% "
+                            "attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% "
+                            "duration=%DURATION%ms id=%REQ(X-REQUEST-ID)%\n"
+                        )
+                    }
+                },
+            },
+        }
+    ]
+
+
+def _listener(settings: Settings) -> dict[str, Any]:
+    hcm: dict[str, Any] = {
+        "@type": _TYPE + "envoy.extensions.filters.network.http_connection_manager"
+        ".v3.HttpConnectionManager",
+        "stat_prefix": "corral",
+        "codec_type": "AUTO",
+        "always_set_request_id_in_response": True,
+        # Whole-request and idle limits for LLM traffic: no cap on a request's
+        # total life, but a stream with no bytes for idle_s is ended.
+        "request_timeout": "0s",
+        "stream_idle_timeout": _seconds(settings.timeouts.idle_s),
+        "max_request_headers_kb": MAX_REQUEST_HEADERS_KB,
+        "route_config": {
+            "name": "corral_routes",
+            # Pool clusters arrive over ADS after start-up.
+            "validate_clusters": False,
+            "virtual_hosts": [
+                {"name": "corral", "domains": ["*"], "routes": _routes(settings)}
+            ],
+        },
+        "http_filters": [
+            _header_strip_filter(),
+            _ext_proc_filter(settings),
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"
+                },
+            },
+        ],
+        "local_reply_config": _local_reply_config(),
+    }
+    if settings.logging.access_log:
+        hcm["access_log"] = _access_log()
+    return {
+        "name": "corral_listener",
+        "address": _socket(settings.envoy.listen),
+        "per_connection_buffer_limit_bytes": buffer_limit_bytes(settings),
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager",
+                     "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+
+
+def render_bootstrap(settings: Settings, *, delta: bool | None = None) -> dict[str, Any]:
+    """The full Envoy bootstrap for ``settings``, as JSON-compatible data.
+
+    ``delta`` overrides ``settings.envoy.ads_delta``: True subscribes with
+    incremental xDS (``DELTA_GRPC``), False with state of the world (``GRPC``).
+    """
+    use_delta = settings.envoy.ads_delta if delta is None else delta
+    return {
+        "node": {"id": settings.envoy.node_id, "cluster": "corral"},
+        "admin": {"address": _socket(settings.envoy.admin)},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if use_delta else "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [
+                    {"envoy_grpc": {
+                        "cluster_name": CONTROL_PLANE_CLUSTER,
+                        "max_receive_message_length": grpc_max_message_bytes(settings),
+                    }}
+                ],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {
+            "listeners": [_listener(settings)],
+            "clusters": [_control_plane_cluster(settings)],
+        },
+    }
