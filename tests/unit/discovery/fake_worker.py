@@ -55,6 +55,7 @@ class FakeWorker:
         self.hits: Counter[str] = Counter()
         self.port = 0
         self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -77,6 +78,7 @@ class FakeWorker:
         return self
 
     async def stop(self) -> None:
+        self._stopping.set()  # release handlers held by health_delay_s
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -84,7 +86,10 @@ class FakeWorker:
     async def _health(self, request: web.Request) -> web.Response:
         self.hits["health"] += 1
         if self.health_delay_s:
-            await asyncio.sleep(self.health_delay_s)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.health_delay_s)
+            except asyncio.TimeoutError:
+                pass
         return web.Response(status=self.health_status)
 
     async def _models(self, request: web.Request) -> web.Response:
