@@ -116,12 +116,18 @@ async def chat_completions(worker: SimWorker, request: web.Request,
                 "model": model, "choices": choices}
 
     async def events() -> AsyncIterator[dict[str, Any]]:
-        # The first chunk of each choice carries the role, as vLLM sends it.
-        for i in range(params.n):
-            yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                          "logprobs": None, "finish_reason": None}])
+        first = True
         async with aclosing(steps):
             async for deltas in steps:
+                if first:
+                    # As vLLM does, the role goes out in a chunk per choice once
+                    # the first token exists, so a client's first chunk marks
+                    # the end of prefill.
+                    first = False
+                    for i in range(params.n):
+                        yield chunk([{"index": i,
+                                      "delta": {"role": "assistant", "content": ""},
+                                      "logprobs": None, "finish_reason": None}])
                 for d in deltas:
                     yield chunk([{"index": d.index, "delta": {"content": d.text},
                                   "logprobs": None, "finish_reason": d.finish_reason,
