@@ -211,7 +211,10 @@ class RequestStream:
         began = time.perf_counter()
         decision = policy.pick(routing, candidates, MAX_WORKERS)
         DECISION_SECONDS.labels(self.policy_name).observe(time.perf_counter() - began)
-        workers = tuple(dict.fromkeys(decision.workers))[:MAX_WORKERS]
+        seen: set[str] = set()
+        workers = tuple(
+            w for w in decision.workers if not (w.id in seen or seen.add(w.id))
+        )[:MAX_WORKERS]
         if not workers:
             raise NoHealthyWorker(
                 f"no worker chosen for model `{pool}`", retry_after_s=1

@@ -102,8 +102,8 @@ def decode_json(body: bytes) -> Any:
         ) from None
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
-            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} "
-            f"column {exc.colno} (char {exc.pos})"
+            f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, "
+            f"column {exc.colno}, char {exc.pos})"
         ) from None
 
 
