@@ -7,8 +7,8 @@ names the processes whose CPU time and memory count as its cost. Contenders:
   floor for added latency, and a one-worker reference for the other figures;
 - ``envoy-rr``: plain Envoy, static cluster, round robin, no ext_proc;
 - ``smg-<policy>``: the SMG router (PyPI ``smg``), HTTP mode;
-- ``corral-<policy>``: ``corral serve`` plus the Envoy that
-  ``corral envoy-config --run`` starts, one configuration per policy.
+- ``corral-<policy>``: ``corral serve`` plus Envoy on the bootstrap that
+  ``corral envoy-config`` writes, one configuration per policy.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,14 +217,18 @@ class Corral(Contender):
         self.processes.append(serve)
         admin = f"http://127.0.0.1:{self.ports['admin']}"
         wait_http_ok(f"{admin}/healthz", timeout_s=STARTUP_TIMEOUT_S, process=serve)
+        bootstrap = self.log_dir / f"{self.name}-{tag}-envoy.yaml"
+        subprocess.run(
+            corral_argv("envoy-config", "--config", str(path), "--output",
+                        str(bootstrap)),
+            check=True, capture_output=True, timeout=60,
+        )
         envoy = ManagedProcess(
             f"{self.name}-{tag}-envoy",
-            corral_argv("envoy-config", "--config", str(path), "--run",
-                        "--output", str(self.log_dir / f"{self.name}-{tag}-envoy.yaml")),
+            [str(envoy_binary()), "-c", str(bootstrap), "--log-level", "warn",
+             "--disable-hot-restart"],
             log_dir=self.log_dir,
         )
-        envoy.start()
-        self.processes.append(envoy)
         wait_http_ok(f"http://127.0.0.1:{self.ports['envoy_admin']}/ready",
                      timeout_s=STARTUP_TIMEOUT_S, process=envoy)
         wait_http_ok(f"{admin}/readyz", timeout_s=STARTUP_TIMEOUT_S, process=serve)
