@@ -56,15 +56,17 @@ class HashRing:
         fourfold: then the ring is rebuilt from the candidates alone, which keeps
         its size bounded when workers leave without ``remove`` being called."""
         members = self._members
+        bound = max(_MIN_RETAINED, 4 * len(candidate_ids))
         if members.issuperset(candidate_ids):
-            # The usual case; no allocation on the hot path.
-            if len(members) - len(candidate_ids) > max(
-                _MIN_RETAINED, 4 * len(candidate_ids)
-            ):
-                self._members = set(candidate_ids)
-                self._rebuild()
-            return
-        self._members = members | set(candidate_ids)
+            # The usual case: nothing to add, and no allocation on the hot path.
+            if len(members) - len(candidate_ids) <= bound:
+                return
+            self._members = set(candidate_ids)
+        else:
+            merged = members | set(candidate_ids)
+            if len(merged) - len(candidate_ids) > bound:
+                merged = set(candidate_ids)
+            self._members = merged
         self._rebuild()
 
     def remove(self, worker_id: str) -> None:
