@@ -79,6 +79,7 @@ class Slot:
         engine.decoding += active_seqs - self.seqs
         self.seqs = active_seqs
         engine.kv.grow(self.alloc, total_tokens)
+        engine.report()
         cfg = engine.config
         cost = cfg.decode_base_s + cfg.decode_per_seq_s * engine.decoding
         self._next_at = max(self._next_at + cost * cfg.time_scale, time.monotonic())
@@ -134,7 +135,7 @@ class Engine:
 
     def reset_cache(self) -> int:
         dropped = self.kv.reset()
-        self._report()
+        self.report()
         return dropped
 
     def _remove(self, waiter: _Waiter) -> None:
@@ -161,7 +162,7 @@ class Engine:
             self.decoding += head.seqs
             self._listener.prefix_lookup(alloc.tokens, alloc.cached_tokens)
             head.granted.set_result(alloc)
-        self._report()
+        self.report()
 
-    def _report(self) -> None:
+    def report(self) -> None:
         self._listener.set_load(self._running, len(self._waiting), self.kv.usage)

@@ -16,21 +16,29 @@ from corral.simulator import SimConfig, SimWorker
 
 FAST = 0.05  # time scale for tests: 20x faster than the simulated engine
 
+_open_clients: list[openai.AsyncOpenAI] = []
+
 
 @asynccontextmanager
 async def running(**overrides: Any) -> AsyncIterator[SimWorker]:
-    config = SimConfig(port=0, time_scale=FAST, **overrides)
+    overrides.setdefault("time_scale", FAST)
+    config = SimConfig(port=0, **overrides)
     worker = SimWorker(config)
     await worker.start()
     try:
         yield worker
     finally:
+        while _open_clients:
+            await _open_clients.pop().close()
         await worker.stop()
 
 
 def client(worker: SimWorker, **kwargs: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{worker.url}/v1", api_key="x",
-                              max_retries=0, **kwargs)
+    """An official client for ``worker``, closed when ``running`` exits."""
+    api = openai.AsyncOpenAI(base_url=f"{worker.url}/v1", api_key="x",
+                             max_retries=0, **kwargs)
+    _open_clients.append(api)
+    return api
 
 
 async def scrape(worker: SimWorker) -> dict[str, float]:
