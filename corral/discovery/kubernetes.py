@@ -33,6 +33,7 @@ version instead of listing again).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -54,7 +55,6 @@ from corral.config.settings import (
 )
 from corral.discovery.drain import cancel_drain, draining_ids, start_drain
 from corral.discovery.kubernetes_pods import (
-    SOURCE,
     PodSkipped,
     PodView,
     pod_key,
@@ -83,6 +83,11 @@ class _ApiError(Exception):
     """The API server answered with an error other than 410."""
 
 
+# Failures after which the watch is retried with backoff: the API server is
+# unreachable, slow, or answered something unusable (ValueError: bad JSON).
+_RETRIED = (TimeoutError, aiohttp.ClientError, OSError, _ApiError, ValueError)
+
+
 @dataclass(slots=True)
 class Backoff:
     """Capped exponential backoff with jitter ("equal jitter": half fixed, half
@@ -93,9 +98,9 @@ class Backoff:
     failures: int = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self.max_s, self.initial_s * (2 ** min(self.failures, 30)))
+        ceiling = min(self.max_s, self.initial_s * 2.0 ** min(self.failures, 30))
         self.failures += 1
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
     def reset(self) -> None:
         self.failures = 0
@@ -118,11 +123,15 @@ async def build_api_client(config: KubernetesDiscoveryConfig) -> k8s_client.ApiC
                 config_file=str(config.kubeconfig), client_configuration=configuration
             )
         elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            k8s_config.load_incluster_config(client_configuration=configuration)
+            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
         elif config.api_server is None:
             await k8s_config.load_kube_config(client_configuration=configuration)
     except (ConfigException, OSError) as exc:
-        raise ConfigError(f"kubernetes discovery: cannot load credentials: {exc}") from exc
+        raise ConfigError(
+            f"kubernetes discovery: cannot load credentials: {exc}"
+        ) from exc
     if config.api_server is not None:
         configuration.host = config.api_server.rstrip("/")
     return k8s_client.ApiClient(configuration)
@@ -241,8 +250,7 @@ class KubernetesDiscovery:
                     version, selector.label_selector,
                 )
                 version = None
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, _ApiError,
-                    ValueError) as exc:
+            except _RETRIED as exc:
                 delay = backoff.next_delay()
                 logger.warning(
                     "kubernetes: watch of %r failed (%s: %s); membership kept,"
@@ -437,10 +445,8 @@ def build_kubernetes_source(
 
 def _raise_for_status(status: int, body: bytes) -> None:
     message = body[:500].decode("utf-8", "replace")
-    try:
+    with contextlib.suppress(ValueError, AttributeError):
         message = json.loads(body).get("message", message)
-    except (ValueError, AttributeError):
-        pass
     if status == 410:
         raise _Expired(message)
     raise _ApiError(f"HTTP {status}: {message}")

@@ -145,7 +145,9 @@ def worker_role(
         return WorkerRole.REGULAR
     role = _ROLES.get(value.strip().lower())
     if role is None:
-        raise PodSkipped(f"label {config.role_label}={value!r} is not prefill or decode")
+        raise PodSkipped(
+            f"label {config.role_label}={value!r} is not prefill or decode"
+        )
     return role
 
 

@@ -315,7 +315,9 @@ class FakeKubeAPI:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                wait = min(remaining, self.bookmark_interval_s) if bookmarks else remaining
+                wait = remaining
+                if bookmarks:
+                    wait = min(remaining, self.bookmark_interval_s)
                 try:
                     item = await asyncio.wait_for(watcher.queue.get(), wait)
                 except TimeoutError:
@@ -352,7 +354,9 @@ async def _send(response: web.StreamResponse, kind: str, obj: dict[str, Any]) ->
 async def _send_filtered(
     response: web.StreamResponse, watcher: _Watcher, event: _Event
 ) -> None:
-    was = event.old is not None and _selected(event.old, watcher.namespace, watcher.matches)
+    was = event.old is not None and _selected(
+        event.old, watcher.namespace, watcher.matches
+    )
     now = _selected(event.new, watcher.namespace, watcher.matches)
     if event.type == "DELETED":
         if was:

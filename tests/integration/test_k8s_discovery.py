@@ -19,6 +19,7 @@ from tests.integration.k8s_fake import FakeKubeAPI, make_pod, set_ready
 pytestmark = pytest.mark.timeout(30)
 
 VLLM = {"app": "vllm", "corral.io/model": "llama"}
+APP = "app=vllm"
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -50,7 +51,7 @@ async def start(api: FakeKubeAPI) -> AsyncIterator[Start]:
         options.setdefault("namespace", "default")
         config = KubernetesDiscoveryConfig(
             api_server=api.url,
-            selectors=list(selectors) or [KubernetesSelector(label_selector="app=vllm")],
+            selectors=list(selectors) or [KubernetesSelector(label_selector=APP)],
             **options,
         )
         registry = WorkerRegistry()

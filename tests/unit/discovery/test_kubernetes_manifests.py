@@ -86,7 +86,9 @@ def test_corral_runs_serve_with_the_mounted_config_and_service_account():
     assert pod["serviceAccountName"] == _one("ServiceAccount", "corral")["metadata"][
         "name"]
     (container,) = pod["containers"]
-    assert container["args"] == ["corral", "serve", "--config", "/etc/corral/config.yaml"]
+    assert container["args"] == [
+        "corral", "serve", "--config", "/etc/corral/config.yaml"
+    ]
     (mount,) = container["volumeMounts"]
     assert mount["mountPath"] == "/etc/corral"
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
@@ -115,6 +117,7 @@ def test_configmap_config_validates_and_its_selector_matches_the_example_worker(
     k8s = settings.discovery.kubernetes
     assert k8s is not None and k8s.namespace == "corral"
     worker = _one("Deployment", "vllm-llama")["spec"]["template"]["metadata"]
-    assert any(parse_selector(s.label_selector)(worker["labels"]) for s in k8s.selectors)
+    selectors = [parse_selector(s.label_selector) for s in k8s.selectors]
+    assert any(matches(worker["labels"]) for matches in selectors)
     assert worker["annotations"][k8s.port_annotation] == "8000"
     assert settings.model(worker["annotations"][k8s.model_annotation]) is not None

@@ -57,7 +57,7 @@ def test_port_falls_back_to_selector_then_config():
     "value", ["", "http", "0", "70000", "8000,,8001", "8000,8000", "-1"]
 )
 def test_malformed_port_annotation_skips_the_pod(value):
-    with pytest.raises(PodSkipped, match="corral.io/port"):
+    with pytest.raises(PodSkipped, match=r"corral\.io/port"):
         workers(make_pod("p", annotations={"corral.io/port": value}))
 
 
@@ -102,7 +102,7 @@ def test_role_from_selector_or_role_label(label, selector_role, expected):
 
 
 def test_unknown_role_label_skips_the_pod():
-    with pytest.raises(PodSkipped, match="llm-d.ai/role"):
+    with pytest.raises(PodSkipped, match=r"llm-d\.ai/role"):
         workers(make_pod("p", labels={"llm-d.ai/role": "encode"}))
 
 
