@@ -162,7 +162,9 @@ async def test_delete_drains_in_flight_work_then_removes(admin):
     ids=["bad-json", "not-object", "no-url", "bad-scheme", "with-path", "bad-role",
          "bad-labels", "unknown-field"],
 )
-async def test_bad_registrations_are_400_and_change_nothing(admin, body, param, fragment):
+async def test_bad_registrations_are_400_and_change_nothing(
+    admin, body, param, fragment
+):
     version = admin.registry.snapshot().version
     async with admin.session.post(
         admin.url("/workers"), data=body,
