@@ -105,6 +105,12 @@ class SotwStream:
                 # A second request on an acknowledged nonce is a fresh ask: Envoy
                 # re-warming a changed cluster re-requests EDS this way.
                 repeated = True
+        if (
+            nonce
+            and not names_changed
+            and snapshot.version(type_url) == state.nacked_version
+        ):
+            return []  # what Envoy rejected is not offered again, however asked
         answer = (
             not nonce
             or names_changed

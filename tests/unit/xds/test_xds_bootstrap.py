@@ -1,0 +1,104 @@
+"""The rendered Envoy bootstrap, its example file and the envoy-config command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from corral.cli import main
+from corral.config.settings import Settings, parse_settings
+from corral.envoy_binary import find_envoy
+from corral.xds.bootstrap import render_bootstrap
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "envoy" / "corral-envoy.yaml"
+
+
+def _hcm(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    listener = bootstrap["static_resources"]["listeners"][0]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]  # type: ignore[no-any-return]
+
+
+def _routes(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
+    return _hcm(bootstrap)["route_config"]["virtual_hosts"][0]["routes"]  # type: ignore[no-any-return]
+
+
+def test_example_file_matches_the_default_settings() -> None:
+    assert yaml.safe_load(EXAMPLE.read_text()) == render_bootstrap(Settings())
+
+
+def test_filters_run_strip_then_ext_proc_then_router() -> None:
+    filters = _hcm(render_bootstrap(Settings()))["http_filters"]
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.ext_proc",
+        "envoy.filters.http.router",
+    ]
+    removed = [m["remove"] for m in
+               filters[0]["typed_config"]["mutations"]["request_mutations"]]
+    assert set(removed) == {
+        "x-gateway-destination-endpoint", "x-gateway-destination-endpoint-served",
+        "x-corral-pool", "x-corral-worker",
+    }
+    ext_proc = filters[1]["typed_config"]
+    assert ext_proc["processing_mode"]["request_body_mode"] == "BUFFERED"
+    assert ext_proc["processing_mode"]["response_body_mode"] == "STREAMED"
+    assert ext_proc["metadata_options"]["receiving_namespaces"]["untyped"] == ["envoy.lb"]
+    assert ext_proc["response_attributes"] == ["upstream.address"]
+
+
+def test_one_route_per_pool_then_catch_all_to_the_only_pool() -> None:
+    settings = parse_settings({"models": [{"name": "a/b"}],
+                               "retry": {"attempts": 3, "retry_on_statuses": [503]}})
+    routes = _routes(render_bootstrap(settings))
+    assert routes[0]["match"]["headers"][0] == {
+        "name": "x-corral-pool", "string_match": {"exact": "a/b"}}
+    assert routes[0]["route"]["timeout"] == "0s"
+    assert routes[0]["route"]["retry_policy"]["num_retries"] == 2
+    assert routes[0]["route"]["retry_policy"]["retriable_status_codes"] == [503]
+    assert routes[-1]["route"]["cluster"] == routes[0]["route"]["cluster"]
+
+
+def test_catch_all_without_a_default_pool_is_a_json_503() -> None:
+    settings = parse_settings({"models": [{"name": "a"}, {"name": "b"}]})
+    last = _routes(render_bootstrap(settings))[-1]
+    assert last["direct_response"]["status"] == 503
+    assert json.loads(last["direct_response"]["body"]["inline_string"])["error"]
+
+
+def test_delta_flag_and_setting_select_delta_grpc() -> None:
+    ads = "dynamic_resources"
+    assert render_bootstrap(Settings())[ads]["ads_config"]["api_type"] == "GRPC"
+    delta = parse_settings({"envoy": {"ads_delta": True}})
+    assert render_bootstrap(delta)[ads]["ads_config"]["api_type"] == "DELTA_GRPC"
+    assert render_bootstrap(Settings(), delta=True)[ads]["ads_config"][
+        "api_type"] == "DELTA_GRPC"
+
+
+def test_access_log_only_when_asked() -> None:
+    assert "access_log" not in _hcm(render_bootstrap(Settings()))
+    logged = parse_settings({"logging": {"access_log": True}})
+    assert _hcm(render_bootstrap(logged))["access_log"]
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_envoy_config_command_writes_a_bootstrap_envoy_accepts(
+    tmp_path: Path, fmt: str
+) -> None:
+    config = tmp_path / "corral.yaml"
+    config.write_text("models:\n  - name: tiny\n")
+    out = tmp_path / f"envoy.{fmt}"
+    assert main(["envoy-config", "--config", str(config), "-o", str(out),
+                 "--format", fmt, "--delta"]) == 0
+    data = json.loads(out.read_text()) if fmt == "json" else yaml.safe_load(
+        out.read_text())
+    assert data["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
+    result = subprocess.run(
+        [str(find_envoy()), "--mode", "validate", "-c", str(out), "-l", "error"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
