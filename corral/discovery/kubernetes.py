@@ -62,6 +62,7 @@ from corral.discovery.kubernetes_pods import (
     workers_for_pod,
 )
 from corral.errors import ConfigError
+from corral.observability.metrics import KUBERNETES_WATCH_RESTARTS
 from corral.pool import Worker, WorkerRegistry, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -240,10 +241,12 @@ class KubernetesDiscovery:
                 version, events = await self._watch(api, index, selector, version)
                 if events or time.monotonic() - started >= _SHORT_WATCH_S:
                     backoff.reset()
+                    KUBERNETES_WATCH_RESTARTS.labels("closed").inc()
                     continue
                 # A stream that closes at once without news must not spin.
                 raise _ApiError("watch closed immediately")
             except _Expired:
+                KUBERNETES_WATCH_RESTARTS.labels("expired").inc()
                 self._versions[index] = None
                 logger.info(
                     "kubernetes: version %s for %r expired (410), listing again",
@@ -251,6 +254,7 @@ class KubernetesDiscovery:
                 )
                 version = None
             except _RETRIED as exc:
+                KUBERNETES_WATCH_RESTARTS.labels("error").inc()
                 delay = backoff.next_delay()
                 logger.warning(
                     "kubernetes: watch of %r failed (%s: %s); membership kept,"

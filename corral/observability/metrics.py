@@ -31,6 +31,11 @@ HEALTH_CHECKS = Counter(
     "corral_health_checks_total", "Active health check results.",
     ["result"], registry=REGISTRY,
 )
+KUBERNETES_WATCH_RESTARTS = Counter(
+    "corral_kubernetes_watch_restarts_total",
+    "Kubernetes pod watches started again, by reason (closed, expired, error).",
+    ["reason"], registry=REGISTRY,
+)
 
 # -- xDS -----------------------------------------------------------------------
 XDS_PUSHES = Counter(

@@ -13,6 +13,7 @@ import pytest
 
 from corral.config.settings import KubernetesDiscoveryConfig, KubernetesSelector
 from corral.discovery.kubernetes import KubernetesDiscovery
+from corral.observability import metrics
 from corral.pool import WorkerRegistry, WorkerRole, WorkerState
 from tests.integration.k8s_fake import FakeKubeAPI, make_pod, set_ready
 
@@ -67,6 +68,13 @@ async def start(api: FakeKubeAPI) -> AsyncIterator[Start]:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def restarts(reason: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "corral_kubernetes_watch_restarts_total", {"reason": reason}
+    )
+    return value or 0.0
 
 
 def states(registry: WorkerRegistry) -> dict[str, WorkerState]:
@@ -182,6 +190,7 @@ async def test_expired_version_relists_and_reconciles(api, start):
     api.add(make_pod("vllm-0", "10.0.0.1", labels=VLLM))
     api.add(make_pod("vllm-1", "10.0.0.2", labels=VLLM))
     _, registry = await start()
+    expired_before = restarts("expired")
     await api.stop()
     api.delete("default", "vllm-0")
     api.add(make_pod("vllm-2", "10.0.0.3", labels=VLLM))
@@ -190,6 +199,7 @@ async def test_expired_version_relists_and_reconciles(api, start):
     await wait_for(lambda: sorted(registry.snapshot().workers)
                    == ["default/vllm-1:8000", "default/vllm-2:8000"])
     assert len(api.calls(watch=False)) == 2
+    assert restarts("expired") == expired_before + 1
 
 
 async def test_api_server_away_keeps_membership_then_converges(api, start, caplog):
