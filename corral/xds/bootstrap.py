@@ -238,7 +238,10 @@ def _local_reply_config() -> dict[str, Any]:
                                 "typed_config": {
                                     "@type": _TYPE + "envoy.extensions.access_loggers"
                                     ".filters.cel.v3.ExpressionFilter",
+                                    # Envoy's own replies have no content-type
+                                    # yet when this runs; ext_proc's have one.
                                     "expression": (
+                                        "!('content-type' in response.headers) || "
                                         "!response.headers['content-type']"
                                         ".startsWith('application/json')"
                                     ),
