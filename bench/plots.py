@@ -23,14 +23,33 @@ def _colour(name: str) -> str:
     return _COLOURS.get(name.split("-")[0], "#999999")
 
 
+_SERIES_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")
+
+
 def _bars(
-    ax: Any, names: list[str], series: dict[str, list[float]], ylabel: str
+    ax: Any,
+    names: list[str],
+    series: dict[str, list[float]],
+    ylabel: str,
+    *,
+    colour_by_series: bool = False,
 ) -> None:
+    """Grouped bars: one group per name, one bar per series.
+
+    Bars are coloured by gateway family (the first series solid, later ones
+    lighter) unless ``colour_by_series``, where each series has its colour.
+    """
     width = 0.8 / max(1, len(series))
     for i, (label, values) in enumerate(series.items()):
         xs = [j + i * width for j in range(len(names))]
-        ax.bar(xs, values, width, label=label, alpha=0.6 + 0.4 * (i == 0),
-               color=[_colour(n) for n in names], edgecolor="black", linewidth=0.4)
+        if colour_by_series:
+            colours: Any = _SERIES_COLOURS[i % len(_SERIES_COLOURS)]
+            alpha = 1.0
+        else:
+            colours = [_colour(n) for n in names]
+            alpha = 1.0 if i == 0 else 0.55
+        ax.bar(xs, values, width, label=label, alpha=alpha, color=colours,
+               edgecolor="black", linewidth=0.4)
     ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(names))])
     ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
@@ -59,7 +78,8 @@ def draw_all(
         }
         fig, ax = plt.subplots(figsize=(8, 4))
         _bars(ax, names, series, "TTFT ms")
-        ax.set_title(f"{workload}: time to first token (p50 / p90 / p99)")
+        ax.set_title(f"{workload}: time to first token "
+                     "(bars left to right: p50, p90, p99; log scale)")
         ax.set_yscale("log")
         file = f"ttft_{workload}.png"
         _save(fig, out_dir / file)
@@ -89,7 +109,8 @@ def draw_all(
         fig, ax = plt.subplots(figsize=(8, 4))
         _bars(ax, names, {"p50": [added[c] for c in names],
                           "p90": [added90.get(c, 0.0) for c in names]},
-              "ms added over direct")
+              "ms added over direct", colour_by_series=True)
+        ax.legend(fontsize=8)
         ax.set_title("Latency added by the gateway (short requests, p50 / p90)")
         _save(fig, out_dir / "added_latency.png")
         images["added_latency"] = "added_latency.png"
@@ -101,7 +122,8 @@ def draw_all(
         fig, ax = plt.subplots(figsize=(9, 4))
         series = {w: [table.get((w, c), {}).get("cpu_ms_per_req") or 0.0
                       for c in gateways] for w in workloads}
-        _bars(ax, gateways, series, "gateway CPU ms per request")
+        _bars(ax, gateways, series, "gateway CPU ms per request",
+              colour_by_series=True)
         ax.legend(fontsize=7)
         ax.set_title("Gateway CPU per request, by workload")
         _save(fig, out_dir / "cpu.png")

@@ -167,6 +167,13 @@ def losses(table: Table, workloads: Iterable[str], margin: float = 0.05) -> list
     return lines
 
 
+def _loss_lines(table: Table, workloads: list[str]) -> list[str]:
+    present = {c for _, c in table}
+    if OURS not in present or THEIRS not in present:
+        return [f"- not measurable: this run has no results for {OURS} or {THEIRS}."]
+    return losses(table, workloads) or ["- nowhere in this run."]
+
+
 def _workload_table(table: Table, workload: str, contenders: list[str]) -> list[str]:
     head = ("| contender | ok/sent | TTFT p50 | p90 | p99 | ITL p50 | p90 | E2E p50 "
             "| p99 | req/s | out tok/s | hit rate | CPU ms/req | RSS MB |")
@@ -232,7 +239,7 @@ def write_report(data: dict[str, Any], out_dir: Path) -> Path:
         "",
         f"### Where {OURS} loses to {THEIRS} (worse by more than 5%)",
         "",
-        *(losses(table, workloads) or ["- nowhere in this run."]),
+        *_loss_lines(table, workloads),
         "",
     ]
     added = added_latency(table)

@@ -117,7 +117,7 @@ FULL = Sizes(
     chat_turns=6,
     chat_concurrency=12,
     short_requests=300,
-    long_docs=3,
+    long_docs=2,
     long_questions=2,
     long_tokens=100_000,
 )
@@ -131,9 +131,9 @@ QUICK = Sizes(
     chat_turns=3,
     chat_concurrency=6,
     short_requests=60,
-    long_docs=1,
+    long_docs=2,
     long_questions=2,
-    long_tokens=100_000,
+    long_tokens=20_000,
 )
 
 
@@ -205,12 +205,18 @@ def short(sizes: Sizes) -> Workload:
 
 
 def long_prompts(maker: TextMaker, sizes: Sizes) -> Workload:
-    sessions = []
-    for doc in range(sizes.long_docs):
-        text = f"Document {doc}. " + maker.tokens(sizes.long_tokens)
-        for question in range(sizes.long_questions):
-            ask = f"{text}\n\nQuestion {question}: summarise part {question + 1}."
-            sessions.append(Session((ask,), tag=f"doc{doc}"))
+    documents = [
+        f"Document {doc}. " + maker.tokens(sizes.long_tokens)
+        for doc in range(sizes.long_docs)
+    ]
+    # Question-major order: every document's first question goes out before
+    # any second one, so a second question finds its document already
+    # prefilled somewhere and only a router that sends it there gets the hit.
+    sessions = [
+        Session((f"{text}\n\nQuestion {q}: summarise part {q + 1}.",), tag=f"doc{d}")
+        for q in range(sizes.long_questions)
+        for d, text in enumerate(documents)
+    ]
     return Workload(
         name="long",
         description=(
