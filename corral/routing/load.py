@@ -20,6 +20,7 @@ The KV term grows without bound as the cache fills, as in SMG's least_load score
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -75,7 +76,7 @@ class LoadScorer:
         runs on every decision, so the loop body stays free of calls."""
         if now is None:
             now = self._clock()
-        stale = self.stale_after_s
+        fresh_since = now - self.stale_after_s
         per_request = 1.0 / self.tokens_per_request
         kv_weight = self.kv_weight
         out: list[float] = []
@@ -85,7 +86,7 @@ class LoadScorer:
             requests = load.requests
             value = requests + load.tokens * per_request
             updated = load.engine_updated_at
-            if updated > 0 and now - updated <= stale:
+            if updated > 0 and updated >= fresh_since:
                 waiting = load.engine_waiting
                 if waiting:
                     value += waiting
@@ -103,20 +104,14 @@ class LoadScorer:
 def argmin(scores: Sequence[float], start: int = 0) -> int:
     """Index of the lowest score; among equal ones, the first at or after
     ``start`` (wrapping). Rotating ``start`` spreads ties instead of always
-    favouring the first worker (SMG saw replica 0 pinned that way)."""
-    n = len(scores)
-    start %= n
-    best = start
-    low = scores[start]
-    for i in range(start + 1, n):
-        if scores[i] < low:
-            low = scores[i]
-            best = i
-    for i in range(start):
-        if scores[i] < low:
-            low = scores[i]
-            best = i
-    return best
+    favouring the first worker (SMG saw replica 0 pinned that way).
+
+    ``min`` and ``index`` scan in C, which matters with hundreds of workers."""
+    low = min(scores)
+    try:
+        return scores.index(low, start % len(scores))
+    except ValueError:
+        return scores.index(low)
 
 
 def fill_by_load(
@@ -124,29 +119,36 @@ def fill_by_load(
 ) -> list[int]:
     """Append to ``chosen`` the lowest-scored indices not already in it until it
     holds ``limit`` (or every index). Ties go to the index reached first from
-    ``start``. A bounded insertion pass, not a sort: ``limit`` is small (the
-    caller's ``max_workers``) while the pool may hold hundreds of workers."""
+    ``start``, wrapping.
+
+    ``limit`` is small (the caller's ``max_workers``) while a pool may hold
+    hundreds of workers, so this finds the few smallest values and then locates
+    their indices with C-level scans, rather than sorting the workers."""
     n = len(scores)
-    need = min(limit, n) - len(chosen)
-    if need <= 0:
+    limit = min(limit, n)
+    if len(chosen) >= limit:
         return chosen
     taken = set(chosen)
-    best: list[tuple[float, int]] = []  # ascending by score, at most ``need``
+    # Enough values to fill the gap even if every taken index is among them.
+    wanted = limit - len(chosen) + len(taken)
+    values = sorted(scores)[:wanted] if n <= 256 else heapq.nsmallest(wanted, scores)
     start %= n
-    for step in range(n):
-        i = start + step
-        if i >= n:
-            i -= n
-        if i in taken:
+    previous: float | None = None
+    for value in values:
+        if value == previous:
             continue
-        value = scores[i]
-        if len(best) == need:
-            if value >= best[-1][0]:
-                continue
-            best.pop()
-        pos = len(best)
-        while pos > 0 and best[pos - 1][0] > value:
-            pos -= 1
-        best.insert(pos, (value, i))
-    chosen.extend(i for _, i in best)
+        previous = value
+        for low, high in ((start, n), (0, start)):
+            pos = low
+            while pos < high:
+                try:
+                    i = scores.index(value, pos, high)
+                except ValueError:
+                    break
+                pos = i + 1
+                if i not in taken:
+                    chosen.append(i)
+                    taken.add(i)
+                    if len(chosen) >= limit:
+                        return chosen
     return chosen
