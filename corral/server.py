@@ -51,7 +51,6 @@ class ControlPlane:
 
     async def start(self) -> None:
         from corral.admin import build_admin_app, start_admin
-        from corral.discovery import build_sources
         from corral.extproc import ExtProcServer, grpc_server_options
         from corral.resilience import build_admission, build_breaker
         from corral.xds import AdsServer
@@ -77,8 +76,8 @@ class ControlPlane:
         self._admin = await start_admin(app, settings.admin.host, settings.admin.port)
         self.admin_port = self._admin.port
 
-        for source in build_sources(settings, self.registry):
-            self._spawn(source.run(), source.name)
+        for name, task in _background_tasks(settings, self.registry):
+            self._spawn(task, name)
         logger.info(
             "corral serving: grpc %s:%d (ext_proc, ADS), admin http://%s:%d",
             settings.grpc.host, self.grpc_port, settings.admin.host, self.admin_port,
@@ -102,7 +101,7 @@ class ControlPlane:
         self._stopped = True
         logger.info("corral stopping (grace %.1fs)", grace_s)
         if self._ads is not None:
-            self._ads.close()
+            await self._ads.close()
         if self._grpc is not None:
             # New streams are refused at once; running ones get the grace period.
             await self._grpc.stop(grace_s)
@@ -116,6 +115,38 @@ class ControlPlane:
         if self._admin is not None:
             await self._admin.stop()
         logger.info("corral stopped")
+
+
+def _background_tasks(
+    settings: Settings, registry: WorkerRegistry
+) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+    """The discovery sources the configuration asks for, health checks and engine
+    load polling, each as a coroutine that runs until cancelled."""
+    from corral.discovery import (
+        EngineLoadPoller,
+        FileSource,
+        HealthChecker,
+        StaticSource,
+    )
+
+    drain_s = settings.health_check.drain_timeout_s
+    tasks: list[tuple[str, Coroutine[Any, Any, None]]] = [
+        ("health-checks", HealthChecker(registry, settings.health_check).run()),
+        ("engine-load", EngineLoadPoller(registry, settings.load_metrics).run()),
+    ]
+    if settings.workers:
+        source = StaticSource(registry, settings.workers, drain_timeout_s=drain_s)
+        tasks.append((source.name, source.run()))
+    if settings.discovery.file is not None:
+        watched = FileSource(registry, settings.discovery.file, drain_timeout_s=drain_s)
+        tasks.append((watched.name, watched.run()))
+    if settings.discovery.kubernetes is not None:
+        from corral.discovery.kubernetes import build_kubernetes_source
+
+        pods = build_kubernetes_source(settings, registry)
+        if pods is not None:
+            tasks.append((pods.name, pods.run()))
+    return tasks
 
 
 async def serve(settings: Settings) -> None:

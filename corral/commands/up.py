@@ -21,7 +21,9 @@ import yaml
 
 from corral.commands._processes import Child, corral_argv, wait_http_ok
 from corral.config import ModelConfig, Settings, load_config, parse_settings
+from corral.envoy_binary import find_envoy
 from corral.observability.logs import configure_logging
+from corral.xds.bootstrap import render_bootstrap
 
 logger = logging.getLogger(__name__)
 
@@ -123,12 +125,15 @@ def run(args: argparse.Namespace) -> int:
         wait_http_ok(f"{admin}/healthz", timeout_s=STARTUP_TIMEOUT_S, child=serve)
 
         bootstrap_path = workdir / "envoy.yaml"
+        bootstrap_path.write_text(
+            yaml.safe_dump(render_bootstrap(effective), sort_keys=False)
+        )
         envoy = Child(
             "envoy",
-            corral_argv(
-                "envoy-config", "--config", str(config_path),
-                "--run", "--output", str(bootstrap_path),
-            ),
+            [
+                str(find_envoy()), "-c", str(bootstrap_path),
+                "--use-dynamic-base-id", "-l", "warning",
+            ],
             log_dir / "envoy.log",
         )
         children.append(envoy)

@@ -8,6 +8,8 @@ clusters and endpoints arrive over ADS (``corral.xds.service``).
 
 from __future__ import annotations
 
+import ipaddress
+
 from typing import Any
 
 from corral.config.settings import Address, Settings
@@ -61,11 +63,25 @@ def grpc_max_message_bytes(settings: Settings) -> int:
     return settings.limits.max_body_bytes + _GRPC_HEADROOM_BYTES
 
 
+def _control_plane_target(settings: Settings) -> tuple[Address, str]:
+    """Where Envoy dials Corral, and the cluster type that address needs: STATIC
+    for an IP literal, STRICT_DNS for a name (a Kubernetes Service, a compose
+    service). A wildcard listen address is dialled on loopback."""
+    target = settings.envoy.control_plane or settings.grpc
+    if target.host in ("0.0.0.0", "::"):
+        target = Address(host="127.0.0.1", port=target.port)
+    try:
+        ipaddress.ip_address(target.host)
+    except ValueError:
+        return target, "STRICT_DNS"
+    return target, "STATIC"
+
+
 def _control_plane_cluster(settings: Settings) -> dict[str, Any]:
-    target = getattr(settings.envoy, "control_plane", None) or settings.grpc
+    target, cluster_type = _control_plane_target(settings)
     return {
         "name": CONTROL_PLANE_CLUSTER,
-        "type": "STATIC",
+        "type": cluster_type,
         "connect_timeout": _seconds(settings.timeouts.connect_s),
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
