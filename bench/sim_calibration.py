@@ -13,6 +13,7 @@ at small batch. Runs about 15 seconds; sends a bounded number of requests.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 
@@ -25,11 +26,17 @@ ROUNDS = 7
 DECODE_TOKENS = 64
 
 
-async def _stream(session: aiohttp.ClientSession, url: str, prompt: list[int],
-                  max_tokens: int) -> list[float]:
+async def _stream(
+    session: aiohttp.ClientSession, url: str, prompt: list[int], max_tokens: int
+) -> list[float]:
     """Arrival times of each token chunk, relative to the request's start."""
-    body = {"model": "sim-model", "prompt": prompt, "max_tokens": max_tokens,
-            "ignore_eos": True, "stream": True}
+    body = {
+        "model": "sim-model",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
     start = time.perf_counter()
     times = []
     async with session.post(f"{url}/v1/completions", json=body) as resp:
@@ -40,7 +47,7 @@ async def _stream(session: aiohttp.ClientSession, url: str, prompt: list[int],
 
 
 def _itl(times: list[float]) -> list[float]:
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 async def main() -> None:
@@ -59,20 +66,33 @@ async def main() -> None:
                 itl1 += _itl(times)
             itl32: list[float] = []
             for r in range(3):
-                batches = await asyncio.gather(*(
-                    _stream(session, worker.url, [r * 100 + k + 1] * 32, DECODE_TOKENS)
-                    for k in range(32)))
+                batches = await asyncio.gather(
+                    *(
+                        _stream(
+                            session, worker.url, [r * 100 + k + 1] * 32, DECODE_TOKENS
+                        )
+                        for k in range(32)
+                    )
+                )
                 for times in batches:
                     # The middle of each answer, when all 32 decode together.
                     itl32 += _itl(times)[8:-8]
     finally:
         await worker.stop()
     ms = 1000.0
-    print(f"TTFT cold, {PROMPT_TOKENS}-token prompt: "
-          f"median {statistics.median(cold) * ms:.1f} ms")
-    print(f"TTFT warm, same prompt again:   median {statistics.median(warm) * ms:.1f} ms")
-    print(f"ITL at batch 1:                 median {statistics.median(itl1) * ms:.1f} ms")
-    print(f"ITL at batch 32:                median {statistics.median(itl32) * ms:.1f} ms")
+    print(
+        f"TTFT cold, {PROMPT_TOKENS}-token prompt: "
+        f"median {statistics.median(cold) * ms:.1f} ms"
+    )
+    print(
+        f"TTFT warm, same prompt again:   median {statistics.median(warm) * ms:.1f} ms"
+    )
+    print(
+        f"ITL at batch 1:                 median {statistics.median(itl1) * ms:.1f} ms"
+    )
+    print(
+        f"ITL at batch 32:                median {statistics.median(itl32) * ms:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

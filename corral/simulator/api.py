@@ -7,7 +7,7 @@ import hashlib
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,8 @@ from corral.simulator.generation import (
     Delta,
     Outcome,
     SamplingParams,
+)
+from corral.simulator.generation import (
     generate as run_prompt,
 )
 from corral.simulator.streams import merge, write_sse
@@ -31,8 +33,9 @@ logger = logging.getLogger(__name__)
 EMBEDDING_DIM = 32
 
 
-def _check_length(worker: SimWorker, prompt: Sequence[int], params: SamplingParams
-                  ) -> None:
+def _check_length(
+    worker: SimWorker, prompt: Sequence[int], params: SamplingParams
+) -> None:
     # vLLM rejects what cannot fit the context window before scheduling it.
     limit = worker.config.max_model_len
     wanted = len(prompt) + (params.max_tokens or 0)
@@ -41,15 +44,27 @@ def _check_length(worker: SimWorker, prompt: Sequence[int], params: SamplingPara
             f"This model's maximum context length is {limit} tokens. However, you "
             f"requested {wanted} tokens ({len(prompt)} in the messages, "
             f"{params.max_tokens or 0} in the completion). Please reduce the length "
-            "of the messages or completion.")
+            "of the messages or completion."
+        )
 
 
-def _steps(worker: SimWorker, prompts: list[list[int]], params: SamplingParams,
-           outcomes: list[Outcome]) -> AsyncIterator[list[Delta]]:
+def _steps(
+    worker: SimWorker,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    outcomes: list[Outcome],
+) -> AsyncGenerator[list[Delta], None]:
     assert worker.vocab is not None
     sources = [
-        run_prompt(worker.engine, worker.metrics, worker.vocab, prompt, params, out,
-                   index_offset=i * params.n)
+        run_prompt(
+            worker.engine,
+            worker.metrics,
+            worker.vocab,
+            prompt,
+            params,
+            out,
+            index_offset=i * params.n,
+        )
         for i, (prompt, out) in enumerate(zip(prompts, outcomes, strict=True))
     ]
     return merge(sources)
@@ -63,8 +78,9 @@ def _total(outcomes: list[Outcome]) -> Outcome:
     )
 
 
-async def _collect(steps: AsyncIterator[list[Delta]], count: int
-                   ) -> tuple[list[str], list[str]]:
+async def _collect(
+    steps: AsyncGenerator[list[Delta], None], count: int
+) -> tuple[list[str], list[str]]:
     texts = [""] * count
     reasons = ["stop"] * count
     async with aclosing(steps):
@@ -76,8 +92,9 @@ async def _collect(steps: AsyncIterator[list[Delta]], count: int
     return texts, reasons
 
 
-async def chat_completions(worker: SimWorker, request: web.Request,
-                           body: dict[str, Any]) -> web.StreamResponse:
+async def chat_completions(
+    worker: SimWorker, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse:
     model = worker.check_model(body)
     messages = p.chat_messages(body)
     params = p.sampling_params(body, chat=True)
@@ -87,8 +104,9 @@ async def chat_completions(worker: SimWorker, request: web.Request,
     add_generation_prompt = body.get("add_generation_prompt", True)
     if not isinstance(add_generation_prompt, bool):
         raise InvalidRequest("'add_generation_prompt' must be a boolean")
-    text = worker.tokenizer.render_chat(messages,
-                                        add_generation_prompt=add_generation_prompt)
+    text = worker.tokenizer.render_chat(
+        messages, add_generation_prompt=add_generation_prompt
+    )
     # vLLM encodes a rendered chat without adding special tokens: the template
     # already wrote them.
     prompt = worker.tokenizer.encode(text, add_special_tokens=False)
@@ -98,24 +116,40 @@ async def chat_completions(worker: SimWorker, request: web.Request,
     rid, created = p.new_id("chatcmpl"), p.now()
     if not stream:
         texts, reasons = await _collect(steps, params.n)
-        return web.json_response({
-            "id": rid, "object": "chat.completion", "created": created,
-            "model": model,
-            "choices": [
-                {"index": i,
-                 "message": {"role": "assistant", "content": texts[i],
-                             "tool_calls": []},
-                 "logprobs": None, "finish_reason": reasons[i], "stop_reason": None}
-                for i in range(params.n)
-            ],
-            "usage": p.usage(outcomes[0]),
-        })
+        return web.json_response(
+            {
+                "id": rid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {
+                            "role": "assistant",
+                            "content": texts[i],
+                            "tool_calls": [],
+                        },
+                        "logprobs": None,
+                        "finish_reason": reasons[i],
+                        "stop_reason": None,
+                    }
+                    for i in range(params.n)
+                ],
+                "usage": p.usage(outcomes[0]),
+            }
+        )
 
     def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": rid, "object": "chat.completion.chunk", "created": created,
-                "model": model, "choices": choices}
+        return {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": choices,
+        }
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
+    async def events() -> AsyncGenerator[dict[str, Any], None]:
         first = True
         async with aclosing(steps):
             async for deltas in steps:
@@ -125,29 +159,51 @@ async def chat_completions(worker: SimWorker, request: web.Request,
                     # the end of prefill.
                     first = False
                     for i in range(params.n):
-                        yield chunk([{"index": i,
-                                      "delta": {"role": "assistant", "content": ""},
-                                      "logprobs": None, "finish_reason": None}])
+                        yield chunk(
+                            [
+                                {
+                                    "index": i,
+                                    "delta": {"role": "assistant", "content": ""},
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ]
+                        )
                 for d in deltas:
-                    yield chunk([{"index": d.index, "delta": {"content": d.text},
-                                  "logprobs": None, "finish_reason": d.finish_reason,
-                                  "stop_reason": None}])
+                    yield chunk(
+                        [
+                            {
+                                "index": d.index,
+                                "delta": {"content": d.text},
+                                "logprobs": None,
+                                "finish_reason": d.finish_reason,
+                                "stop_reason": None,
+                            }
+                        ]
+                    )
         if with_usage:
             yield {**chunk([]), "usage": p.usage(outcomes[0])}
 
-    return await write_sse(request, events(),
-                           drop_after=worker.faults.drop_after_chunks)
+    return await write_sse(
+        request, events(), drop_after=worker.faults.drop_after_chunks
+    )
 
 
-async def completions(worker: SimWorker, request: web.Request,
-                      body: dict[str, Any]) -> web.StreamResponse:
+async def completions(
+    worker: SimWorker, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse:
     model = worker.check_model(body)
     raw_prompts = p.completion_prompts(body)
     params = p.sampling_params(body, chat=False)
     if body.get("max_tokens") is None:
         # The completions API's documented default answer length.
-        params = SamplingParams(n=params.n, max_tokens=16, stop=params.stop,
-                                seed=params.seed, ignore_eos=params.ignore_eos)
+        params = SamplingParams(
+            n=params.n,
+            max_tokens=16,
+            stop=params.stop,
+            seed=params.seed,
+            ignore_eos=params.ignore_eos,
+        )
     stream = p.opt_bool(body, "stream")
     with_usage = p.include_usage(body, stream)
     assert worker.tokenizer is not None
@@ -163,37 +219,61 @@ async def completions(worker: SimWorker, request: web.Request,
     count = len(prompts) * params.n
     if not stream:
         texts, reasons = await _collect(steps, count)
-        return web.json_response({
-            "id": rid, "object": "text_completion", "created": created,
-            "model": model,
-            "choices": [
-                {"index": i, "text": texts[i], "logprobs": None,
-                 "finish_reason": reasons[i], "stop_reason": None}
-                for i in range(count)
-            ],
-            "usage": p.usage(_total(outcomes)),
-        })
+        return web.json_response(
+            {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": i,
+                        "text": texts[i],
+                        "logprobs": None,
+                        "finish_reason": reasons[i],
+                        "stop_reason": None,
+                    }
+                    for i in range(count)
+                ],
+                "usage": p.usage(_total(outcomes)),
+            }
+        )
 
     def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": rid, "object": "text_completion", "created": created,
-                "model": model, "choices": choices}
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": choices,
+        }
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
+    async def events() -> AsyncGenerator[dict[str, Any], None]:
         async with aclosing(steps):
             async for deltas in steps:
                 for d in deltas:
-                    yield chunk([{"index": d.index, "text": d.text, "logprobs": None,
-                                  "finish_reason": d.finish_reason,
-                                  "stop_reason": None}])
+                    yield chunk(
+                        [
+                            {
+                                "index": d.index,
+                                "text": d.text,
+                                "logprobs": None,
+                                "finish_reason": d.finish_reason,
+                                "stop_reason": None,
+                            }
+                        ]
+                    )
         if with_usage:
             yield {**chunk([]), "usage": p.usage(_total(outcomes))}
 
-    return await write_sse(request, events(),
-                           drop_after=worker.faults.drop_after_chunks)
+    return await write_sse(
+        request, events(), drop_after=worker.faults.drop_after_chunks
+    )
 
 
-async def embeddings(worker: SimWorker, _: web.Request,
-                     body: dict[str, Any]) -> web.StreamResponse:
+async def embeddings(
+    worker: SimWorker, _: web.Request, body: dict[str, Any]
+) -> web.StreamResponse:
     """Deterministic unit vectors, one per input; no engine time is spent."""
     model = worker.check_model(body)
     inputs = p.completion_prompts({"prompt": body.get("input")})
@@ -205,34 +285,49 @@ async def embeddings(worker: SimWorker, _: web.Request,
         rng = random.Random(hashlib.sha256(repr(ids).encode()).digest())
         vector = [rng.gauss(0.0, 1.0) for _ in range(EMBEDDING_DIM)]
         norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-        data.append({"object": "embedding", "index": i,
-                     "embedding": [v / norm for v in vector]})
-    return web.json_response({
-        "id": p.new_id("embd"), "object": "list", "created": p.now(), "model": model,
-        "data": data,
-        "usage": {"prompt_tokens": total, "total_tokens": total},
-    })
+        data.append(
+            {"object": "embedding", "index": i, "embedding": [v / norm for v in vector]}
+        )
+    return web.json_response(
+        {
+            "id": p.new_id("embd"),
+            "object": "list",
+            "created": p.now(),
+            "model": model,
+            "data": data,
+            "usage": {"prompt_tokens": total, "total_tokens": total},
+        }
+    )
 
 
-async def generate(worker: SimWorker, request: web.Request,
-                   body: dict[str, Any]) -> web.StreamResponse:
+async def generate(
+    worker: SimWorker, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse:
     """SGLang's native API: ``text`` or ``input_ids`` plus ``sampling_params``;
     streamed chunks carry the whole text so far, as SGLang sends them."""
     assert worker.tokenizer is not None
     text, input_ids = body.get("text"), body.get("input_ids")
     if isinstance(text, str) and input_ids is None:
         prompt = worker.tokenizer.encode(text, add_special_tokens=True)
-    elif text is None and isinstance(input_ids, list) and input_ids and all(
-            isinstance(t, int) and not isinstance(t, bool) and t >= 0
-            for t in input_ids):
+    elif (
+        text is None
+        and isinstance(input_ids, list)
+        and input_ids
+        and all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in input_ids
+        )
+    ):
         prompt = list(input_ids)
     else:
-        raise InvalidRequest("give exactly one of 'text' (a string) or 'input_ids' "
-                             "(a list of token ids); batches are not simulated")
+        raise InvalidRequest(
+            "give exactly one of 'text' (a string) or 'input_ids' "
+            "(a list of token ids); batches are not simulated"
+        )
     sp = body.get("sampling_params") or {}
     if not isinstance(sp, dict):
-        raise InvalidRequest("'sampling_params' must be an object",
-                             param="sampling_params")
+        raise InvalidRequest(
+            "'sampling_params' must be an object", param="sampling_params"
+        )
     p.check_numbers(sp, "temperature", "top_p", "top_k")
     params = SamplingParams(
         max_tokens=p.opt_int(sp, "max_new_tokens", minimum=1) or 128,
@@ -252,13 +347,18 @@ async def generate(worker: SimWorker, request: web.Request,
             reason = {"type": "length", "length": outcome.completion_tokens}
         elif finish is not None:
             reason = {"type": "stop", "matched": finish.matched_stop}
-        return {"text": so_far, "meta_info": {
-            "id": rid, "finish_reason": reason,
-            "prompt_tokens": outcome.prompt_tokens,
-            "completion_tokens": outcome.completion_tokens,
-            "cached_tokens": outcome.cached_tokens}}
+        return {
+            "text": so_far,
+            "meta_info": {
+                "id": rid,
+                "finish_reason": reason,
+                "prompt_tokens": outcome.prompt_tokens,
+                "completion_tokens": outcome.completion_tokens,
+                "cached_tokens": outcome.cached_tokens,
+            },
+        }
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
+    async def events() -> AsyncGenerator[dict[str, Any], None]:
         so_far = ""
         async with aclosing(steps):
             async for deltas in steps:
@@ -267,8 +367,9 @@ async def generate(worker: SimWorker, request: web.Request,
                 yield result(so_far, d if d.finish_reason else None)
 
     if stream:
-        return await write_sse(request, events(),
-                               drop_after=worker.faults.drop_after_chunks)
+        return await write_sse(
+            request, events(), drop_after=worker.faults.drop_after_chunks
+        )
     last: dict[str, Any] = {}
     async with aclosing(events()) as gen:
         async for event in gen:

@@ -67,8 +67,9 @@ class FaultConfig:
         if not 0.0 <= self.error_rate <= 1.0:
             raise InvalidRequest("error_rate must be within [0, 1]", param="error_rate")
         if not 400 <= self.error_status <= 599:
-            raise InvalidRequest("error_status must be a 4xx or 5xx status",
-                                 param="error_status")
+            raise InvalidRequest(
+                "error_status must be a 4xx or 5xx status", param="error_status"
+            )
         if self.slow_start_s < 0:
             raise InvalidRequest("slow_start_s must be >= 0", param="slow_start_s")
         for name in ("fail_after", "drop_after_chunks", "exit_after"):
@@ -131,8 +132,13 @@ class SimConfig:
             raise ConfigError("a model name is required")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range")
-        positive = ("max_model_len", "max_num_seqs", "block_size", "num_blocks",
-                    "max_output_tokens")
+        positive = (
+            "max_model_len",
+            "max_num_seqs",
+            "block_size",
+            "num_blocks",
+            "max_output_tokens",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
@@ -140,8 +146,12 @@ class SimConfig:
             raise ConfigError("need 0 <= min_output_tokens <= max_output_tokens")
         if self.time_scale <= 0:
             raise ConfigError("time_scale must be > 0")
-        for name in ("prefill_base_s", "prefill_per_token_s", "decode_base_s",
-                     "decode_per_seq_s"):
+        for name in (
+            "prefill_base_s",
+            "prefill_per_token_s",
+            "decode_base_s",
+            "decode_per_seq_s",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
         try:

@@ -12,6 +12,7 @@ sequences decoding at that moment. Sleeps are simulated seconds times
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -98,7 +99,9 @@ class Engine:
         self.decoding = 0  # sequences of running requests, the batch size
 
     def __repr__(self) -> str:
-        return f"<Engine running={self._running} waiting={len(self._waiting)} {self.kv}>"
+        return (
+            f"<Engine running={self._running} waiting={len(self._waiting)} {self.kv}>"
+        )
 
     @property
     def running(self) -> int:
@@ -139,10 +142,8 @@ class Engine:
         return dropped
 
     def _remove(self, waiter: _Waiter) -> None:
-        try:
+        with contextlib.suppress(ValueError):  # granted meanwhile, not queued
             self._waiting.remove(waiter)
-        except ValueError:
-            pass
         self._schedule()
 
     def _finish(self, alloc: Allocation, seqs: int) -> None:

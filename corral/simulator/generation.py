@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 from corral.simulator.engine import Engine
@@ -78,8 +78,13 @@ class _Choice:
             # do, so a stop string is never streamed before it is recognised.
             hold = max((len(s) - 1 for s in self.stop), default=0)
             end = max(self.emitted, len(self.text) - hold)
-        delta = Delta(self.index, self.text[self.emitted : end], 1, self.finish_reason,
-                      self.matched)
+        delta = Delta(
+            self.index,
+            self.text[self.emitted : end],
+            1,
+            self.finish_reason,
+            self.matched,
+        )
         self.emitted = end
         return delta
 
@@ -93,7 +98,7 @@ async def generate(
     outcome: Outcome,
     *,
     index_offset: int = 0,
-) -> AsyncIterator[list[Delta]]:
+) -> AsyncGenerator[list[Delta], None]:
     """Yield, per engine step, the deltas of the choices still generating.
 
     The first step comes out of prefill (the first token), the others after a
@@ -105,14 +110,16 @@ async def generate(
     choices = []
     for i in range(params.n):
         stream = TokenStream(vocab, seed_for(params.seed, prompt, i))
-        natural = stream.natural_length(max(1, cfg.min_output_tokens),
-                                        max(1, cfg.max_output_tokens))
+        natural = stream.natural_length(
+            max(1, cfg.min_output_tokens), max(1, cfg.max_output_tokens)
+        )
         limit = min(params.max_tokens or room, room)
         hard = True
         if not params.ignore_eos and natural < limit:
             limit, hard = natural, False
-        choices.append(_Choice(index_offset + i, stream, max(1, limit), hard,
-                               params.stop))
+        choices.append(
+            _Choice(index_offset + i, stream, max(1, limit), hard, params.stop)
+        )
     async with engine.slot(prompt, params.n) as slot:
         outcome.cached_tokens = slot.cached_tokens
         await slot.prefill()

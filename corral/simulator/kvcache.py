@@ -99,7 +99,9 @@ class KVCache:
             matched += 1
         return matched * self.block_size
 
-    def acquire(self, tokens: Sequence[int], *, force: bool = False) -> Allocation | None:
+    def acquire(
+        self, tokens: Sequence[int], *, force: bool = False
+    ) -> Allocation | None:
         """Pin the prompt's blocks; ``None`` when they do not fit (unless forced).
 
         The prompt's cached prefix is reused; its other full blocks are
@@ -109,7 +111,9 @@ class KVCache:
         hashes = block_hashes(tokens, self.block_size)
         cached = self._match(hashes, len(tokens))
         tail = 1 if len(tokens) % self.block_size else 0
-        new = sum(1 for h in hashes if h not in self._refs and h not in self._free_cached)
+        new = sum(
+            1 for h in hashes if h not in self._refs and h not in self._free_cached
+        )
         reusable_cached = sum(1 for h in hashes if h in self._free_cached)
         room = self._available() - reusable_cached
         if not force and new + tail > room:

@@ -64,8 +64,9 @@ def opt_int(body: Mapping[str, Any], name: str, *, minimum: int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _type_error(name, "an integer")
     if value < minimum:
-        raise InvalidRequest(f"'{name}' must be at least {minimum}, got {value}",
-                             param=name)
+        raise InvalidRequest(
+            f"'{name}' must be at least {minimum}, got {value}", param=name
+        )
     return value
 
 
@@ -82,8 +83,9 @@ def check_numbers(body: Mapping[str, Any], *names: str) -> None:
     """Sampling knobs the simulator ignores still have to be numbers."""
     for name in names:
         value = body.get(name)
-        if value is not None and (isinstance(value, bool)
-                                  or not isinstance(value, int | float)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+        ):
             raise _type_error(name, "a number")
 
 
@@ -98,8 +100,16 @@ def stop_strings(value: Any, name: str = "stop") -> tuple[str, ...]:
 
 
 def sampling_params(body: Mapping[str, Any], *, chat: bool) -> SamplingParams:
-    check_numbers(body, "temperature", "top_p", "top_k", "presence_penalty",
-                  "frequency_penalty", "repetition_penalty", "min_p")
+    check_numbers(
+        body,
+        "temperature",
+        "top_p",
+        "top_k",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "min_p",
+    )
     max_tokens = opt_int(body, "max_tokens", minimum=1)
     if chat:
         newer = opt_int(body, "max_completion_tokens", minimum=1)
@@ -120,8 +130,9 @@ def include_usage(body: Mapping[str, Any], stream: bool) -> bool:
     if not isinstance(options, dict):
         raise _type_error("stream_options", "an object")
     if not stream:
-        raise InvalidRequest("stream_options can only be set when stream is true",
-                             param="stream_options")
+        raise InvalidRequest(
+            "stream_options can only be set when stream is true", param="stream_options"
+        )
     return opt_bool(options, "include_usage")
 
 
@@ -160,11 +171,13 @@ def chat_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
             raise _type_error(f"messages[{i}]", "an object")
         role = message.get("role")
         if not isinstance(role, str):
-            raise InvalidRequest(f"messages[{i}].role must be a string",
-                                 param=f"messages[{i}].role")
+            raise InvalidRequest(
+                f"messages[{i}].role must be a string", param=f"messages[{i}].role"
+            )
         flat = dict(message)
-        flat["content"] = flatten_content(message.get("content"),
-                                          f"messages[{i}].content")
+        flat["content"] = flatten_content(
+            message.get("content"), f"messages[{i}].content"
+        )
         out.append(flat)
     return out
 
@@ -181,12 +194,15 @@ def completion_prompts(body: Mapping[str, Any]) -> list[str | list[int]]:
             return list(prompt)
         if all(_is_token(t) for t in prompt):
             return [list(prompt)]
-        if all(isinstance(p, list) and p and all(_is_token(t) for t in p)
-               for p in prompt):
+        if all(
+            isinstance(p, list) and p and all(_is_token(t) for t in p) for p in prompt
+        ):
             return [list(p) for p in prompt]
     raise InvalidRequest(
         "'prompt' must be a string, a list of strings, a list of token ids or a "
-        "list of lists of token ids", param="prompt")
+        "list of lists of token ids",
+        param="prompt",
+    )
 
 
 def _is_token(value: Any) -> bool:
@@ -202,8 +218,9 @@ def usage(outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def model_card(model: str, engine: str, max_model_len: int, created: int) -> dict[
-        str, Any]:
+def model_card(
+    model: str, engine: str, max_model_len: int, created: int
+) -> dict[str, Any]:
     return {
         "id": model,
         "object": "model",

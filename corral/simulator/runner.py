@@ -40,8 +40,11 @@ async def run_workers(
             await worker.start()
             started.append(worker)
             cfg = worker.config
-            print(f"corral sim: worker {worker.id} serving {cfg.model} ({cfg.engine})"
-                  f" on {worker.url}", flush=True)
+            print(
+                f"corral sim: worker {worker.id} serving {cfg.model} ({cfg.engine})"
+                f" on {worker.url}",
+                flush=True,
+            )
         await stop.wait()
     finally:
         for sig in handled:

@@ -65,7 +65,8 @@ class SimWorker:
         self._rng = random.Random(f"faults:{config.model}:{config.port}")
 
     def __repr__(self) -> str:
-        return f"<SimWorker {self.id} {self.config.engine} {self.config.model} {self.engine}>"
+        cfg = self.config
+        return f"<SimWorker {self.id} {cfg.engine} {cfg.model} {self.engine}>"
 
     @property
     def id(self) -> str:
@@ -140,7 +141,9 @@ class SimWorker:
         response.headers[WORKER_HEADER] = self.id
 
     @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _errors(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
         # The one place where errors become answers, in the engine's format.
         try:
             return await handler(request)
@@ -156,8 +159,12 @@ class SimWorker:
             logger.exception("worker %s: unexpected error on %s", self.id, request.path)
             return _error(500, "internal error in the simulator")
 
-    def _guarded(self, handler: Callable[[SimWorker, web.Request, dict[str, Any]],
-                                         Awaitable[web.StreamResponse]]) -> Handler:
+    def _guarded(
+        self,
+        handler: Callable[
+            [SimWorker, web.Request, dict[str, Any]], Awaitable[web.StreamResponse]
+        ],
+    ) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
             body = await read_json(request)
             await self._inject_faults()
@@ -174,8 +181,9 @@ class SimWorker:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(1)
-            logger.warning("worker %s: exit fault ignored, workers share this "
-                           "process", self.id)
+            logger.warning(
+                "worker %s: exit fault ignored, workers share this process", self.id
+            )
         if faults.hang:
             # Held until the client leaves or the worker stops (both cancel).
             await asyncio.Event().wait()
@@ -203,33 +211,41 @@ class SimWorker:
         return web.Response(status=200)
 
     async def _models(self, _: web.Request) -> web.Response:
-        card = model_card(self.config.model, self.config.engine,
-                          self.config.max_model_len, self.created)
+        card = model_card(
+            self.config.model,
+            self.config.engine,
+            self.config.max_model_len,
+            self.created,
+        )
         return web.json_response({"object": "list", "data": [card]})
 
     async def _version(self, _: web.Request) -> web.Response:
         return web.json_response({"version": SIM_VERSIONS["vllm"]})
 
     async def _model_info(self, _: web.Request) -> web.Response:
-        return web.json_response({
-            "model_path": self.config.model,
-            "tokenizer_path": self.config.tokenizer,
-            "is_generation": True,
-            "preferred_sampling_params": None,
-            "weight_version": "default",
-        })
+        return web.json_response(
+            {
+                "model_path": self.config.model,
+                "tokenizer_path": self.config.tokenizer,
+                "is_generation": True,
+                "preferred_sampling_params": None,
+                "weight_version": "default",
+            }
+        )
 
     async def _server_info(self, _: web.Request) -> web.Response:
         cfg = self.config
-        return web.json_response({
-            "model_path": cfg.model,
-            "served_model_name": cfg.model,
-            "context_length": cfg.max_model_len,
-            "max_total_num_tokens": cfg.num_blocks * cfg.block_size,
-            "max_running_requests": cfg.max_num_seqs,
-            "page_size": cfg.block_size,
-            "version": SIM_VERSIONS["sglang"],
-        })
+        return web.json_response(
+            {
+                "model_path": cfg.model,
+                "served_model_name": cfg.model,
+                "context_length": cfg.max_model_len,
+                "max_total_num_tokens": cfg.num_blocks * cfg.block_size,
+                "max_running_requests": cfg.max_num_seqs,
+                "page_size": cfg.block_size,
+                "version": SIM_VERSIONS["sglang"],
+            }
+        )
 
     async def _metrics(self, _: web.Request) -> web.Response:
         response = web.Response(body=self.metrics.exposition())
@@ -248,12 +264,14 @@ class SimWorker:
         return web.json_response({"dropped_blocks": self.engine.reset_cache()})
 
     async def _state(self, _: web.Request) -> web.Response:
-        return web.json_response({
-            "running": self.engine.running,
-            "waiting": self.engine.waiting,
-            "kv_cache_usage": self.engine.kv.usage,
-            "requests": self._requests,
-        })
+        return web.json_response(
+            {
+                "running": self.engine.running,
+                "waiting": self.engine.waiting,
+                "kv_cache_usage": self.engine.kv.usage,
+                "requests": self._requests,
+            }
+        )
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -25,7 +25,7 @@ def sse(event: dict[str, Any]) -> bytes:
 
 async def write_sse(
     request: web.Request,
-    events: AsyncIterator[dict[str, Any]],
+    events: AsyncGenerator[dict[str, Any], None],
     *,
     drop_after: int | None,
 ) -> web.StreamResponse:
@@ -60,8 +60,8 @@ def _drop(request: web.Request) -> None:
 
 
 async def merge(
-    sources: list[AsyncIterator[list[Delta]]],
-) -> AsyncIterator[list[Delta]]:
+    sources: list[AsyncGenerator[list[Delta], None]],
+) -> AsyncGenerator[list[Delta], None]:
     """Interleave several generators' steps as they come (several prompts in
     one completions request run side by side, as separate engine requests)."""
     if len(sources) == 1:
@@ -71,7 +71,7 @@ async def merge(
         return
     queue: asyncio.Queue[list[Delta] | BaseException | None] = asyncio.Queue()
 
-    async def pump(source: AsyncIterator[list[Delta]]) -> None:
+    async def pump(source: AsyncGenerator[list[Delta], None]) -> None:
         try:
             async with aclosing(source) as gen:
                 async for step in gen:

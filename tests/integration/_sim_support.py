@@ -35,16 +35,19 @@ async def running(**overrides: Any) -> AsyncIterator[SimWorker]:
 
 def client(worker: SimWorker, **kwargs: Any) -> openai.AsyncOpenAI:
     """An official client for ``worker``, closed when ``running`` exits."""
-    api = openai.AsyncOpenAI(base_url=f"{worker.url}/v1", api_key="x",
-                             max_retries=0, **kwargs)
+    api = openai.AsyncOpenAI(
+        base_url=f"{worker.url}/v1", api_key="x", max_retries=0, **kwargs
+    )
     _open_clients.append(api)
     return api
 
 
 async def scrape(worker: SimWorker) -> dict[str, float]:
     """``/metrics`` as {sample name with labels: value}, plus bare names summed."""
-    async with aiohttp.ClientSession() as session, session.get(
-            f"{worker.url}/metrics") as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{worker.url}/metrics") as resp,
+    ):
         text = await resp.text()
     samples: dict[str, float] = {}
     for line in text.splitlines():

@@ -15,7 +15,8 @@ LONG = list(range(1000, 1600))  # 600 token ids, 37 full blocks + a tail
 async def _ttft(worker, prompt, **extra) -> float:
     start = time.monotonic()
     stream = await client(worker).completions.create(
-        model="sim-model", prompt=prompt, max_tokens=2, stream=True, **extra)
+        model="sim-model", prompt=prompt, max_tokens=2, stream=True, **extra
+    )
     first = None
     async for _ in stream:
         first = first or time.monotonic()
@@ -56,12 +57,10 @@ async def _second_round_hits(num_blocks: int) -> tuple[float, int]:
     async with running(num_blocks=num_blocks) as worker:
         api = client(worker)
         for prompt in prompts:
-            await api.completions.create(model="sim-model", prompt=prompt,
-                                         max_tokens=1)
+            await api.completions.create(model="sim-model", prompt=prompt, max_tokens=1)
         first = (await scrape(worker))["vllm:prefix_cache_hits_total"]
         for prompt in prompts:
-            await api.completions.create(model="sim-model", prompt=prompt,
-                                         max_tokens=1)
+            await api.completions.create(model="sim-model", prompt=prompt, max_tokens=1)
         second = (await scrape(worker))["vllm:prefix_cache_hits_total"]
         assert first == 0
         return second - first, worker.engine.kv.evictions
@@ -83,7 +82,8 @@ async def test_requests_beyond_max_num_seqs_wait_in_order():
 
         async def one(i: int) -> None:
             stream = await api.completions.create(
-                model="sim-model", prompt=f"request {i}", max_tokens=80, stream=True)
+                model="sim-model", prompt=f"request {i}", max_tokens=80, stream=True
+            )
             async for _ in stream:
                 starts.setdefault(i, time.monotonic() - t0)
 
@@ -93,8 +93,10 @@ async def test_requests_beyond_max_num_seqs_wait_in_order():
 
         async def queued() -> bool:
             s = await scrape(worker)
-            return (s["vllm:num_requests_waiting"] == 3
-                    and s["vllm:num_requests_running"] == 2)
+            return (
+                s["vllm:num_requests_waiting"] == 3
+                and s["vllm:num_requests_running"] == 2
+            )
 
         await wait_for(queued)
         await asyncio.gather(*tasks)
@@ -110,9 +112,14 @@ async def test_requests_beyond_max_num_seqs_wait_in_order():
 async def test_kv_usage_rises_while_running():
     async with running(num_blocks=100, max_num_seqs=4) as worker:
         api = client(worker)
-        task = asyncio.create_task(api.completions.create(
-            model="sim-model", prompt=list(range(320)), max_tokens=200,
-            extra_body={"ignore_eos": True}))
+        task = asyncio.create_task(
+            api.completions.create(
+                model="sim-model",
+                prompt=list(range(320)),
+                max_tokens=200,
+                extra_body={"ignore_eos": True},
+            )
+        )
 
         async def busy() -> bool:
             return (await scrape(worker))["vllm:kv_cache_usage_perc"] >= 0.21
@@ -125,17 +132,25 @@ async def test_kv_usage_rises_while_running():
 async def test_disconnected_client_frees_its_slot_at_once():
     async with running(max_num_seqs=1) as worker, aiohttp.ClientSession() as session:
         api = client(worker)
-        body = {"model": "sim-model", "prompt": "long", "max_tokens": 5000,
-                "ignore_eos": True, "stream": True}
+        body = {
+            "model": "sim-model",
+            "prompt": "long",
+            "max_tokens": 5000,
+            "ignore_eos": True,
+            "stream": True,
+        }
         resp = await session.post(f"{worker.url}/v1/completions", json=body)
         await resp.content.readline()  # it is running
-        queued = asyncio.create_task(api.completions.create(
-            model="sim-model", prompt="next", max_tokens=3))
+        queued = asyncio.create_task(
+            api.completions.create(model="sim-model", prompt="next", max_tokens=3)
+        )
 
         async def one_waiting() -> bool:
             s = await scrape(worker)
-            return (s["vllm:num_requests_waiting"] == 1
-                    and s["vllm:num_requests_running"] == 1)
+            return (
+                s["vllm:num_requests_waiting"] == 1
+                and s["vllm:num_requests_running"] == 1
+            )
 
         await wait_for(one_waiting)
         resp.close()  # the client goes away mid-answer
@@ -144,8 +159,10 @@ async def test_disconnected_client_frees_its_slot_at_once():
 
         async def idle() -> bool:
             s = await scrape(worker)
-            return (s["vllm:num_requests_running"] == 0
-                    and s["vllm:num_requests_waiting"] == 0)
+            return (
+                s["vllm:num_requests_running"] == 0
+                and s["vllm:num_requests_waiting"] == 0
+            )
 
         await wait_for(idle)
         assert worker.engine.decoding == 0
@@ -156,10 +173,16 @@ async def test_non_streamed_client_timeout_frees_its_slot():
         impatient = client(worker, timeout=0.3)
         try:
             await impatient.completions.create(
-                model="sim-model", prompt="long", max_tokens=5000,
-                extra_body={"ignore_eos": True})
+                model="sim-model",
+                prompt="long",
+                max_tokens=5000,
+                extra_body={"ignore_eos": True},
+            )
         except Exception as exc:
-            assert "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower()
+            assert (
+                "timed out" in str(exc).lower()
+                or "timeout" in type(exc).__name__.lower()
+            )
         else:
             raise AssertionError("the request should not have finished")
 

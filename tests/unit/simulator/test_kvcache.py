@@ -54,7 +54,7 @@ def test_pinned_blocks_are_never_evicted_and_block_admission():
     assert cache.acquire(list(range(100, 148))) is None
     forced = cache.acquire(list(range(100, 148)), force=True)
     assert forced is not None and cache.usage == 1.0
-    assert cache.match(list(range(48)) + [1]) == 48
+    assert cache.match([*range(48), 1]) == 48
     cache.release(forced)
     cache.release(held)
     assert cache.usage == 0.0
