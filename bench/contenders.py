@@ -229,6 +229,8 @@ class Corral(Contender):
              "--disable-hot-restart"],
             log_dir=self.log_dir,
         )
+        envoy.start()
+        self.processes.append(envoy)
         wait_http_ok(f"http://127.0.0.1:{self.ports['envoy_admin']}/ready",
                      timeout_s=STARTUP_TIMEOUT_S, process=envoy)
         wait_http_ok(f"{admin}/readyz", timeout_s=STARTUP_TIMEOUT_S, process=serve)

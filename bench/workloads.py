@@ -109,8 +109,8 @@ class Sizes:
 
 
 FULL = Sizes(
-    shared_groups=8,
-    shared_users=16,
+    shared_groups=24,
+    shared_users=8,
     shared_prefix_tokens=3000,
     shared_concurrency=16,
     chat_sessions=24,
@@ -123,8 +123,8 @@ FULL = Sizes(
 )
 
 QUICK = Sizes(
-    shared_groups=4,
-    shared_users=6,
+    shared_groups=8,
+    shared_users=4,
     shared_prefix_tokens=2000,
     shared_concurrency=8,
     chat_sessions=6,
