@@ -33,6 +33,11 @@ STRIPPED_HEADERS = (DESTINATION_HEADER, SERVED_HEADER, POOL_HEADER, WORKER_HEADE
 
 MAX_REQUEST_HEADERS_KB = 96
 
+DEFAULT_FIRST_BYTE_S = 60.0
+"""Per-attempt limit on upstream silence when ``timeouts.first_byte_s`` is unset:
+long enough for a long prefill, short enough that a worker which accepts a
+request and never answers does not hold the client for ``timeouts.idle_s``."""
+
 # Envoy's own local replies (its text/plain bodies) as OpenAI error JSON, keyed by
 # status. Replies that already carry application/json (ext_proc's immediate
 # responses) are left as they are.
@@ -167,9 +172,32 @@ def _retry_policy(settings: Settings) -> dict[str, Any]:
         ],
         "host_selection_retry_max_attempts": 3,
     }
+    # A worker that accepts and never answers: once an attempt has gone
+    # first_byte_s without a byte, Envoy ends it and, while nothing has reached
+    # the client yet, retries on the next endpoint of the picker's list. The
+    # ended attempt counts as a reset ("the upstream server does not respond at
+    # all (disconnect/reset/read timeout)"), which `reset` above retries:
+    # https://www.envoyproxy.io/docs/envoy/v1.40.0/configuration/http/http_filters/router_filter#x-envoy-retry-on
+    # Checked against Envoy 1.40 (tests/e2e/test_faults_workers.py): without
+    # `reset` (or `gateway-error`) the client gets a 504 instead. The idle form,
+    # not per_try_timeout, so that a stream that keeps sending is never cut
+    # however long it runs, and a stream that goes silent mid-way is ended after
+    # first_byte_s rather than timeouts.idle_s.
+    policy["per_try_idle_timeout"] = _seconds(first_byte_timeout_s(settings))
     if retry.per_try_timeout_s is not None:
         policy["per_try_timeout"] = _seconds(retry.per_try_timeout_s)
     return policy
+
+
+def first_byte_timeout_s(settings: Settings) -> float:
+    """Seconds an attempt may go without any byte from the worker before Envoy
+    gives up on it: ``timeouts.first_byte_s``, else ``DEFAULT_FIRST_BYTE_S``.
+
+    A non-streamed answer sends its first byte only when it is complete, so for
+    those this also bounds the whole generation.
+    """
+    first_byte = settings.timeouts.first_byte_s
+    return first_byte if first_byte is not None else DEFAULT_FIRST_BYTE_S
 
 
 def _pool_action(model: str, settings: Settings) -> dict[str, Any]:

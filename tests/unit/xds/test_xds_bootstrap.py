@@ -63,6 +63,23 @@ def test_one_route_per_pool_then_catch_all_to_the_only_pool() -> None:
     assert routes[-1]["route"]["cluster"] == routes[0]["route"]["cluster"]
 
 
+def test_first_byte_timeout_is_a_retried_per_try_idle_timeout() -> None:
+    default = _routes(render_bootstrap(parse_settings({"models": [{"name": "m"}]})))
+    policy = default[0]["route"]["retry_policy"]
+    assert policy["per_try_idle_timeout"] == "60s"
+    assert "per_try_timeout" not in policy
+    # The ended attempt is retried as a reset (router docs, x-envoy-retry-on).
+    assert "reset" in policy["retry_on"].split(",")
+    tuned = parse_settings({
+        "models": [{"name": "m"}],
+        "timeouts": {"first_byte_s": 2.5},
+        "retry": {"per_try_timeout_s": 90},
+    })
+    policy = _routes(render_bootstrap(tuned))[0]["route"]["retry_policy"]
+    assert policy["per_try_idle_timeout"] == "2.5s"
+    assert policy["per_try_timeout"] == "90s"
+
+
 def test_catch_all_without_a_default_pool_is_a_json_503() -> None:
     settings = parse_settings({"models": [{"name": "a"}, {"name": "b"}]})
     last = _routes(render_bootstrap(settings))[-1]
