@@ -6,8 +6,6 @@ simulated worker per process, each started (and killed) on its own, all on
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
