@@ -48,6 +48,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--sim-time-scale", type=float, default=1.0,
         help="speed factor of simulated time (0.1 = ten times faster)",
     )
+    parser.add_argument(
+        "--sim-max-model-len", type=int, default=131072,
+        help="context length of the simulated workers, in tokens (default 131072)",
+    )
     parser.add_argument("--port", type=int, help="gateway port (overrides the config)")
     parser.add_argument(
         "--log-dir", type=Path,
@@ -99,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
                     "sim", "--workers", str(count), "--port", str(first),
                     "--model", model["name"], "--tokenizer", model["tokenizer"],
                     "--time-scale", str(args.sim_time_scale),
+                    "--max-model-len", str(args.sim_max_model_len),
                 ),
                 log_dir / "sim.log",
             )

@@ -75,6 +75,7 @@ def start_stack(
     workers: int = 3,
     time_scale: float = 0.05,
     extra: dict[str, Any] | None = None,
+    max_model_len: int = 131072,
 ) -> Stack:
     sim_first = free_port_range(workers)
     config: dict[str, Any] = {
@@ -102,7 +103,8 @@ def start_stack(
         [
             sys.executable, "-m", "corral", "up", "--config", str(path),
             "--workers", str(workers), "--sim-port", str(sim_first),
-            "--sim-time-scale", str(time_scale), "--log-dir", str(tmp_path / "logs"),
+            "--sim-time-scale", str(time_scale),
+            "--sim-max-model-len", str(max_model_len), "--log-dir", str(tmp_path / "logs"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
