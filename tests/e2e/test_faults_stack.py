@@ -6,6 +6,7 @@ simulated worker per process, each started (and killed) on its own, all on
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -112,6 +113,27 @@ class FaultStack:
         )
         wait_http_ok(f"{self.admin}/readyz", timeout_s=STARTUP_S, child=self.serve)
 
+    @property
+    def envoy_admin(self) -> str:
+        return f"http://127.0.0.1:{self.config['envoy']['admin']['port']}"
+
+    def kill_serve(self) -> None:
+        """SIGKILL the control plane (no shutdown of any kind) and reap it."""
+        assert self.serve is not None
+        self.serve.process.kill()
+        self.serve.process.wait(timeout=10)
+        self.serve.stop()
+
+    def envoy_stat(self, name: str) -> int | None:
+        text = httpx.get(
+            f"{self.envoy_admin}/stats", params={"filter": f"^{name}$"}, timeout=5
+        ).text
+        for line in text.splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return None
+
     def stop(self) -> None:
         for child in (self.envoy, self.serve, *self.sims.values()):
             if child is not None:
@@ -183,6 +205,12 @@ class LoadResult:
     sent: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     workers: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    """Seconds from sending to the last byte, of the requests answered 200."""
+
+    def percentile(self, share: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
     @property
     def failed(self) -> int:
@@ -199,10 +227,15 @@ async def run_load(
     deadline_s: float = 60.0,
     during: Any = None,
     during_after: int = 0,
+    interval_s: float = 0.0,
 ) -> LoadResult:
     """Send ``total`` chat requests, ``concurrency`` at a time, bounded in time;
-    call ``during()`` once ``during_after`` requests have completed."""
+    call ``during()`` once ``during_after`` requests have completed (a coroutine
+    it returns runs alongside the load and is awaited before returning). Each
+    of the ``concurrency`` lanes waits ``interval_s`` between its requests, which
+    spreads a fixed count over a known stretch of time."""
     result = LoadResult()
+    side: list[asyncio.Future[Any]] = []
     done = 0
     fired = asyncio.Event()
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -220,6 +253,7 @@ async def run_load(
                 "messages": [{"role": "user", "content": f"request {n} of the run"}],
             }
             result.sent += 1
+            began = time.monotonic()
             try:
                 async with client.stream(
                     "POST", "/v1/chat/completions", json=body
@@ -232,18 +266,26 @@ async def run_load(
             except httpx.HTTPError as exc:
                 status = type(exc).__name__
             result.statuses[status] += 1
+            if status == "200":
+                result.latencies.append(time.monotonic() - began)
             done += 1
             if during is not None and done >= during_after and not fired.is_set():
                 fired.set()
-                during()
+                outcome = during()
+                if inspect.isawaitable(outcome):
+                    side.append(asyncio.ensure_future(outcome))
 
         async def worker() -> None:
             while not queue.empty():
                 await one(queue.get_nowait())
+                if interval_s:
+                    await asyncio.sleep(interval_s)
 
         await asyncio.wait_for(
             asyncio.gather(*(worker() for _ in range(concurrency))), deadline_s
         )
+        for task in side:
+            await asyncio.wait_for(task, deadline_s)
     return result
 
 
