@@ -136,7 +136,9 @@ class CircuitBreakers:
             return True
         now = self._clock()
         self._advance(worker_id, breaker, now)
-        if breaker.state is BreakerState.HALF_OPEN and self._take_probe(breaker, now):
+        if breaker.state is BreakerState.HALF_OPEN and self._probe_slot(
+            worker_id, breaker, now, take=True
+        ):
             return True
         return self._fail_soft(worker_id, now)
 
@@ -197,6 +199,28 @@ class CircuitBreakers:
             breaker.probes = []
             logger.info("circuit breaker of %s half-open: probing", worker_id)
 
+    def _probe_slot(
+        self, worker_id: str, breaker: _Breaker, now: float, *, take: bool
+    ) -> bool:
+        """Is a half-open probe slot free (and, with ``take``, reserve it)?
+
+        With a registry, the probes in flight are the requests the gateway has
+        in flight on the worker (``WorkerLoad.requests``, charged the moment the
+        policy picks it). ``allows`` is asked for every candidate before the
+        policy picks, so a reservation made there is mostly for a request that
+        goes elsewhere; counting real requests instead means a recovered worker
+        is probed by the first request that is actually sent to it. Without a
+        registry (or a load without that count), slots are reserved and expire
+        after ``probe_timeout_s``.
+        """
+        if self._registry is not None:
+            in_flight = getattr(self._registry.load(worker_id), "requests", None)
+            if isinstance(in_flight, int):
+                return in_flight < self._config.half_open_max_requests
+        if take:
+            return self._take_probe(breaker, now)
+        return self._probe_free(breaker, now)
+
     def _take_probe(self, breaker: _Breaker, now: float) -> bool:
         probes = breaker.probes if breaker.probes is not None else []
         probes[:] = [t for t in probes if now - t < self._probe_timeout]
@@ -243,7 +267,7 @@ class CircuitBreakers:
                 if (
                     peer.id != worker_id
                     and peer_breaker.state is BreakerState.HALF_OPEN
-                    and self._probe_free(peer_breaker, now)
+                    and self._probe_slot(peer.id, peer_breaker, now, take=False)
                 ):
                     break
                 refused.append((peer_breaker.opened_at, peer.id))

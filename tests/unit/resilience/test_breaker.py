@@ -238,3 +238,35 @@ def test_breaker_metric_reads_one_while_open_and_zero_once_closed() -> None:
         assert breakers.allows("metric-worker")
         breakers.record_outcome("metric-worker", 200, False)
     assert REGISTRY.get_sample_value("corral_circuit_breaker_open", sample) == 0
+
+
+class _CountedLoad:
+    """A load with the gateway's in-flight count, as ``WorkerLoad`` has."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def engine_fresh(self, max_age_s: float, now: float | None = None) -> bool:
+        return False
+
+
+def test_half_open_probes_are_the_requests_really_in_flight() -> None:
+    registry = FakeRegistry()
+    registry.add("w1", "m")
+    registry.add("w2", "m")
+    load = _CountedLoad()
+    registry.loads["w1"] = load  # type: ignore[assignment]
+    breakers, clock = make(registry)
+    fail(breakers, "w1", 3)
+    clock.advance(10)
+    # Asked for every candidate; the policy picked another worker each time:
+    # nothing is reserved, so the next request may still probe w1.
+    assert [breakers.allows("w1") for _ in range(3)] == [True, True, True]
+    load.requests = 1  # a request was sent to w1: that is the probe
+    assert not breakers.allows("w1")
+    load.requests = 0
+    breakers.record_outcome("w1", 200, False)
+    assert breakers.allows("w1")
+    load.requests = 1
+    breakers.record_outcome("w1", 200, False)
+    assert breakers.state("w1") is BreakerState.CLOSED
