@@ -40,7 +40,7 @@ class GeneratorServicer(pb_grpc.ExternalProcessorServicer):
     def __init__(self, server: ExtProcServer) -> None:
         self._server = server
 
-    async def Process(self, request_iterator: Any, context: Any) -> Any:  # noqa: N802
+    async def Process(self, request_iterator: Any, context: Any) -> Any:
         stream = self._server.open_stream()
         try:
             async for request in request_iterator:
@@ -51,13 +51,19 @@ class GeneratorServicer(pb_grpc.ExternalProcessorServicer):
 
 def _messages() -> list[Any]:
     content = "lorem ipsum dolor sit amet " * 150
-    body = json.dumps({"model": "m1", "stream": True,
-                       "messages": [{"role": "user", "content": content[:4000]}]})
+    body = json.dumps(
+        {
+            "model": "m1",
+            "stream": True,
+            "messages": [{"role": "user", "content": content[:4000]}],
+        }
+    )
     return [
         headers_message(chat_headers(length=len(body))),
         body_message(body.encode()),
-        response_headers_message(200, upstream="127.0.0.1:9001",
-                                 content_type="text/event-stream"),
+        response_headers_message(
+            200, upstream="127.0.0.1:9001", content_type="text/event-stream"
+        ),
         response_body_message(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'),
         response_body_message(b"data: [DONE]\n\n", end_of_stream=True),
     ]
@@ -67,14 +73,17 @@ async def _run(style: str, requests: int, concurrency: int) -> float:
     settings = parse_settings({"models": [{"name": "m1"}]})
     registry = make_registry([9001, 9002])
     policy = InOrderPolicy()
-    extproc = ExtProcServer(registry, settings, policy_for=lambda _m: policy,
-                            tokenizer_for=lambda _m: None)
+    extproc = ExtProcServer(
+        registry, settings, policy_for=lambda _m: policy, tokenizer_for=lambda _m: None
+    )
     options = grpc_server_options(settings)
     server = grpc.aio.server(options=options)
     if style == "read_write":
         extproc.add_to_server(server)
     else:
-        pb_grpc.add_ExternalProcessorServicer_to_server(GeneratorServicer(extproc), server)
+        pb_grpc.add_ExternalProcessorServicer_to_server(
+            GeneratorServicer(extproc), server
+        )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
@@ -115,9 +124,11 @@ def main() -> None:
             asyncio.run(_run(style, args.requests, args.concurrency))
             for _ in range(args.rounds)
         ]
-        print(f"{style:10s} median {statistics.median(rates):8.0f} msg/s "
-              f"({statistics.median(rates) / 5:6.0f} req/s) "
-              f"rounds={[round(r) for r in rates]}")
+        print(
+            f"{style:10s} median {statistics.median(rates):8.0f} msg/s "
+            f"({statistics.median(rates) / 5:6.0f} req/s) "
+            f"rounds={[round(r) for r in rates]}"
+        )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-from corral.tokenizer import load_tokenizer
+from corral.tokenizer import ModelTokenizer, load_tokenizer
 from corral.tokenizer.cache import TokenizerCache
 
 DEFAULT_TOKENIZER = (
@@ -27,10 +28,20 @@ DEFAULT_TOKENIZER = (
 def _conversation(turns: int) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": "You are a careful assistant."}]
     for i in range(turns):
-        messages.append({"role": "user", "content": f"Item {i}: summarise the "
-                         f"report section {i} about throughput and latency."})
-        messages.append({"role": "assistant", "content": f"Section {i} reports a "
-                         "steady rise in throughput with flat tail latency."})
+        messages.append(
+            {
+                "role": "user",
+                "content": f"Item {i}: summarise the "
+                f"report section {i} about throughput and latency.",
+            }
+        )
+        messages.append(
+            {
+                "role": "assistant",
+                "content": f"Section {i} reports a "
+                "steady rise in throughput with flat tail latency.",
+            }
+        )
     return messages
 
 
@@ -43,14 +54,31 @@ def _median_us(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times) * 1e6
 
 
+def _l1_seconds(tokenizer: ModelTokenizer, shorter: str, prompt: str) -> float:
+    """One L1 hit: the shorter conversation cached, the longer one encoded."""
+    cache = TokenizerCache(tokenizer, verify_samples=0)
+    cache.encode(shorter, add_special_tokens=False)
+    started = time.perf_counter()
+    result = cache.encode(prompt, add_special_tokens=False)
+    elapsed = time.perf_counter() - started
+    assert result.level == "l1"
+    return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     tokenizer = load_tokenizer(args.tokenizer)
-    per_turn = len(tokenizer.encode(tokenizer.render_chat(_conversation(10)),
-                                    add_special_tokens=False)) / 10
+    per_turn = (
+        len(
+            tokenizer.encode(
+                tokenizer.render_chat(_conversation(10)), add_special_tokens=False
+            )
+        )
+        / 10
+    )
     print(f"tokenizer {tokenizer.name}; ~{per_turn:.0f} tokens per turn")
     print(f"{'tokens':>8} {'uncached_us':>12} {'l0_hit_us':>10} {'l1_hit_us':>10}")
     for target in (1_000, 10_000, 100_000):
@@ -59,25 +87,19 @@ def main() -> None:
         prompt = tokenizer.render_chat(_conversation(turns))
         count = len(tokenizer.encode(prompt, add_special_tokens=False))
         uncached = _median_us(
-            lambda: tokenizer.encode(prompt, add_special_tokens=False), args.repeat
+            partial(tokenizer.encode, prompt, add_special_tokens=False), args.repeat
         )
         cache = TokenizerCache(tokenizer)
         cache.encode(prompt, add_special_tokens=False)
-        l0 = _median_us(lambda: cache.encode(prompt, add_special_tokens=False),
-                        args.repeat * 20)
-
-        def l1_once() -> None:
-            fresh = TokenizerCache(tokenizer, verify_samples=0)
-            fresh.encode(shorter, add_special_tokens=False)
-            started = time.perf_counter()
-            result = fresh.encode(prompt, add_special_tokens=False)
-            l1_times.append(time.perf_counter() - started)
-            assert result.level == "l1"
-
-        l1_times: list[float] = []
-        for _ in range(args.repeat):
-            l1_once()
-        l1 = statistics.median(l1_times) * 1e6
+        l0 = _median_us(
+            partial(cache.encode, prompt, add_special_tokens=False), args.repeat * 20
+        )
+        l1 = (
+            statistics.median(
+                _l1_seconds(tokenizer, shorter, prompt) for _ in range(args.repeat)
+            )
+            * 1e6
+        )
         print(f"{count:>8} {uncached:>12.0f} {l0:>10.1f} {l1:>10.0f}")
 
 

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Union
 
 from corral.config.settings import PolicyConfig, Settings
 from corral.errors import ConfigError, MissingModel, ModelNotFound
@@ -25,7 +24,7 @@ from corral.tokenizer import ModelTokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-PolicySource = Union[Callable[[str], RoutingPolicy], Mapping[str, RoutingPolicy]]
+PolicySource = Callable[[str], RoutingPolicy] | Mapping[str, RoutingPolicy]
 TokenizerSource = Callable[[str], ModelTokenizer | None]
 
 
@@ -91,7 +90,9 @@ class ServerContext:
             except Exception as exc:
                 logger.warning(
                     "model %s: tokenizer %r not loaded (%s); routing on text",
-                    model.name, model.tokenizer, exc,
+                    model.name,
+                    model.tokenizer,
+                    exc,
                 )
                 tokenizer = None
             self._tokenizers[model.name] = (

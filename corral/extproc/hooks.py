@@ -25,7 +25,9 @@ class WorkerFilter(Protocol):
 
     def allows(self, worker_id: str) -> bool: ...
 
-    def record_outcome(self, worker_id: str, status: int | None, reset: bool) -> None: ...
+    def record_outcome(
+        self, worker_id: str, status: int | None, reset: bool
+    ) -> None: ...
 
 
 class Admission(Protocol):

@@ -21,7 +21,9 @@ class ResponseObserver:
     def __init__(self, started: float, content_type: str) -> None:
         self.started = started
         self.usage = Usage()
-        self._sse = SSEParser() if content_type.startswith("text/event-stream") else None
+        self._sse = (
+            SSEParser() if content_type.startswith("text/event-stream") else None
+        )
         self._body: bytearray | None = None if self._sse else bytearray()
         self._last: float | None = None
         self.first_token_s: float | None = None

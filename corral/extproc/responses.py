@@ -27,7 +27,9 @@ CONTINUE_REQUEST_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersRespo
 CONTINUE_REQUEST_BODY = pb.ProcessingResponse(request_body=pb.BodyResponse())
 CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
 CONTINUE_RESPONSE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse())
-CONTINUE_REQUEST_TRAILERS = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+CONTINUE_REQUEST_TRAILERS = pb.ProcessingResponse(
+    request_trailers=pb.TrailersResponse()
+)
 CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(
     response_trailers=pb.TrailersResponse()
 )
@@ -36,7 +38,8 @@ CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(
 def set_headers(values: Iterable[tuple[str, str]]) -> list[HeaderValueOption]:
     return [
         HeaderValueOption(
-            header=HeaderValue(key=key, raw_value=value.encode()), append_action=_OVERWRITE
+            header=HeaderValue(key=key, raw_value=value.encode()),
+            append_action=_OVERWRITE,
         )
         for key, value in values
     ]
@@ -68,7 +71,8 @@ def route(
     )
     if on_headers:
         return pb.ProcessingResponse(
-            request_headers=pb.HeadersResponse(response=common), dynamic_metadata=metadata
+            request_headers=pb.HeadersResponse(response=common),
+            dynamic_metadata=metadata,
         )
     return pb.ProcessingResponse(
         request_body=pb.BodyResponse(response=common), dynamic_metadata=metadata

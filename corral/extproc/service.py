@@ -16,6 +16,7 @@ the request goes on unrouted, to the pool cluster's fallback load balancer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -75,8 +76,12 @@ class ExtProcServer:
     ) -> None:
         self.settings = settings
         self.context = ServerContext(
-            registry, settings, policy_for=policy_for, tokenizer_for=tokenizer_for,
-            breaker=breaker, admission=admission,
+            registry,
+            settings,
+            policy_for=policy_for,
+            tokenizer_for=tokenizer_for,
+            breaker=breaker,
+            admission=admission,
         )
         self._start: asyncio.Task[None] | None = None
 
@@ -104,10 +109,8 @@ class ExtProcServer:
         task, self._start = self._start, None
         if task is not None and not task.done():
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
 
     def open_stream(self) -> RequestStream:
         """A fresh per-request state; ``Process`` makes one per gRPC stream."""
@@ -139,7 +142,7 @@ class _Servicer(pb_grpc.ExternalProcessorServicer):
     def __init__(self, server: ExtProcServer) -> None:
         self._server = server
 
-    async def Process(  # noqa: N802 - the gRPC method name
+    async def Process(
         self,
         request_iterator: Any,
         context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse],

@@ -71,7 +71,9 @@ UNKNOWN_MODEL = "unknown"
 def _header_map(message: pb.HttpHeaders) -> dict[str, str]:
     # Envoy sends values in raw_value (bytes) unless configured otherwise.
     return {
-        h.key.lower(): h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        h.key.lower(): h.raw_value.decode("utf-8", "replace")
+        if h.raw_value
+        else h.value
         for h in message.headers.headers
     }
 
@@ -199,7 +201,10 @@ class RequestStream:
         text = parsed.routing_text
         count = len(tokens) if tokens is not None else len(text or self.body) // 4
         routing = RoutingRequest(
-            model=pool, tokens=tokens, text=text, token_count=count,
+            model=pool,
+            tokens=tokens,
+            text=text,
+            token_count=count,
             headers=self.headers,
         )
         self._release_admission = await ctx.admission.acquire(pool, routing)
@@ -225,8 +230,12 @@ class RequestStream:
         self._charge(workers[0].id)
         logger.debug(
             "request %s model=%s worker=%s fallbacks=%s reason=%s tokens=%d",
-            self.request_id, pool, workers[0].id,
-            ",".join(w.id for w in workers[1:]) or "-", decision.reason, count,
+            self.request_id,
+            pool,
+            workers[0].id,
+            ",".join(w.id for w in workers[1:]) or "-",
+            decision.reason,
+            count,
         )
         return responses.route(
             (w.address for w in workers), pool, on_headers=on_headers
@@ -275,8 +284,9 @@ class RequestStream:
         self.ctx.breaker.record_outcome(previous, None, True)
         self._uncharge()
         self._charge(served.id)
-        logger.debug("request %s retried from %s to %s", self.request_id, previous,
-                     served.id)
+        logger.debug(
+            "request %s retried from %s to %s", self.request_id, previous, served.id
+        )
 
     def _response_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
         if self.observer is not None and message.body:
@@ -347,8 +357,9 @@ class RequestStream:
         self.finished = True
         self._release()
         self._count(error.status)
-        logger.debug("request %s refused: %d %s", self.request_id, error.status,
-                     error.message)
+        logger.debug(
+            "request %s refused: %d %s", self.request_id, error.status, error.message
+        )
         return responses.error_response(error, self.request_id)
 
     def close(self) -> None:
@@ -373,7 +384,13 @@ class RequestStream:
         if self.ctx.access_log:
             access_logger.info(
                 "%s %s %s model=%s worker=%s status=%s reason=%s tokens=%d %.1fms",
-                self.request_id or "-", self.method, self.path, self.model_label,
-                worker, label, self.reason or "-", self.tokens,
+                self.request_id or "-",
+                self.method,
+                self.path,
+                self.model_label,
+                worker,
+                label,
+                self.reason or "-",
+                self.tokens,
                 (time.monotonic() - self.started) * 1000,
             )

@@ -1,6 +1,6 @@
 """OpenAI-compatible request parsing for routing, SSE reading, ``/v1/models``."""
 
-from corral.openai.models import models_body
+from corral.openai.models import list_body, model_body, models_path_id
 from corral.openai.requests import (
     IMAGE_PLACEHOLDER,
     MODEL_OPTIONAL,
@@ -24,6 +24,8 @@ __all__ = [
     "decode_json",
     "endpoint_for",
     "event_usage",
-    "models_body",
+    "list_body",
+    "model_body",
+    "models_path_id",
     "parse_request",
 ]

@@ -7,33 +7,34 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote
 
-from corral.errors import ModelNotFound
-
 OWNED_BY = "corral"
 MODELS_PATH = "/v1/models"
+
+
+def models_path_id(path: str) -> str | None:
+    """For ``/v1/models`` return ``""``; for ``/v1/models/{id}`` the id (model
+    ids may hold slashes, so everything after the prefix is the id); for any
+    other path ``None``."""
+    path = path.split("?", 1)[0].rstrip("/")
+    if path == MODELS_PATH:
+        return ""
+    prefix = MODELS_PATH + "/"
+    if path.startswith(prefix):
+        return unquote(path[len(prefix) :])
+    return None
 
 
 def model_object(model: str, created: int) -> dict[str, Any]:
     return {"id": model, "object": "model", "created": created, "owned_by": OWNED_BY}
 
 
-def models_body(path: str, models: Sequence[str], created: int) -> bytes | None:
-    """The JSON answer for ``GET /v1/models`` or ``GET /v1/models/{id}``.
+def list_body(models: Sequence[str], created: int) -> bytes:
+    """``{"object": "list", "data": [...]}``; ``created`` is a Unix time."""
+    data = [model_object(m, created) for m in models]
+    return _dump({"object": "list", "data": data})
 
-    Returns ``None`` when ``path`` is neither; raises ``ModelNotFound`` for an
-    id that is not served. ``created`` is a Unix time (the gateway's start).
-    """
-    path = path.split("?", 1)[0].rstrip("/")
-    if path == MODELS_PATH:
-        data = [model_object(m, created) for m in models]
-        return _dump({"object": "list", "data": data})
-    prefix = MODELS_PATH + "/"
-    if not path.startswith(prefix):
-        return None
-    # Model ids may hold slashes (org/name); everything after the prefix is the id.
-    model = unquote(path[len(prefix):])
-    if model not in models:
-        raise ModelNotFound(model)
+
+def model_body(model: str, created: int) -> bytes:
     return _dump(model_object(model, created))
 
 

@@ -119,23 +119,31 @@ def parse_request(endpoint: Endpoint, body: bytes) -> ParsedRequest:
         raise InvalidRequest("request body is empty; expected a JSON object")
     data = decode_json(body)
     if not isinstance(data, dict):
-        raise InvalidRequest(
-            f"request body must be a JSON object, got {_kind(data)}"
-        )
+        raise InvalidRequest(f"request body must be a JSON object, got {_kind(data)}")
     model = data.get("model")
     if model is not None and not isinstance(model, str):
-        raise InvalidRequest(f"'model' must be a string, got {_kind(model)}", param="model")
+        raise InvalidRequest(
+            f"'model' must be a string, got {_kind(model)}", param="model"
+        )
     stream = data.get("stream", False)
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
-        raise InvalidRequest(f"'stream' must be a boolean, got {_kind(stream)}", param="stream")
+        raise InvalidRequest(
+            f"'stream' must be a boolean, got {_kind(stream)}", param="stream"
+        )
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("'stream_options' must be an object", param="stream_options")
+        raise InvalidRequest(
+            "'stream_options' must be an object", param="stream_options"
+        )
     include_usage = bool(options.get("include_usage")) if options else False
-    common = {"endpoint": endpoint, "model": model or None, "stream": stream,
-              "include_usage": include_usage}
+    common = {
+        "endpoint": endpoint,
+        "model": model or None,
+        "stream": stream,
+        "include_usage": include_usage,
+    }
     return _PARSERS[endpoint](data, common)
 
 
@@ -153,15 +161,20 @@ def _parse_chat(data: dict[str, Any], common: dict[str, Any]) -> ParsedRequest:
     flat = [_chat_message(m, i) for i, m in enumerate(messages)]
     tools = _tools(data.get("tools"))
     return ParsedRequest(
-        messages=flat, tools=tools, add_special_tokens=False,
-        routing_text=_messages_text(flat, tools), **common,
+        messages=flat,
+        tools=tools,
+        add_special_tokens=False,
+        routing_text=_messages_text(flat, tools),
+        **common,
     )
 
 
 def _chat_message(message: Any, index: int) -> dict[str, Any]:
     param = f"messages[{index}]"
     if not isinstance(message, dict):
-        raise InvalidRequest(f"{param} must be an object, got {_kind(message)}", param=param)
+        raise InvalidRequest(
+            f"{param} must be an object, got {_kind(message)}", param=param
+        )
     role = message.get("role")
     if not isinstance(role, str):
         raise InvalidRequest(f"{param}.role must be a string", param=f"{param}.role")
@@ -193,7 +206,9 @@ def _content_text(content: Any, param: str) -> str:
             pieces.append(part)
             continue
         if not isinstance(part, dict):
-            raise InvalidRequest(f"{param}[{i}] must be an object", param=f"{param}[{i}]")
+            raise InvalidRequest(
+                f"{param}[{i}] must be an object", param=f"{param}[{i}]"
+            )
         pieces.append(_part_text(part, f"{param}[{i}]"))
     return "".join(pieces)
 
@@ -222,7 +237,9 @@ def _tools(tools: Any) -> list[Any] | None:
     if tools is None:
         return None
     if not isinstance(tools, list):
-        raise InvalidRequest(f"'tools' must be a list, got {_kind(tools)}", param="tools")
+        raise InvalidRequest(
+            f"'tools' must be a list, got {_kind(tools)}", param="tools"
+        )
     return tools or None
 
 
@@ -243,7 +260,9 @@ def _parse_responses(data: dict[str, Any], common: dict[str, Any]) -> ParsedRequ
     instructions = data.get("instructions")
     if instructions is not None:
         if not isinstance(instructions, str):
-            raise InvalidRequest("'instructions' must be a string", param="instructions")
+            raise InvalidRequest(
+                "'instructions' must be a string", param="instructions"
+            )
         messages.append({"role": "system", "content": instructions})
     items = data.get("input")
     if isinstance(items, str):
@@ -258,8 +277,11 @@ def _parse_responses(data: dict[str, Any], common: dict[str, Any]) -> ParsedRequ
         )
     tools = _tools(data.get("tools"))
     return ParsedRequest(
-        messages=messages, tools=tools, add_special_tokens=False,
-        routing_text=_messages_text(messages, tools), **common,
+        messages=messages,
+        tools=tools,
+        add_special_tokens=False,
+        routing_text=_messages_text(messages, tools),
+        **common,
     )
 
 
@@ -270,7 +292,9 @@ def _response_item(item: Any, param: str) -> dict[str, Any]:
     if kind == "message" or "role" in item:
         role = item.get("role")
         if not isinstance(role, str):
-            raise InvalidRequest(f"{param}.role must be a string", param=f"{param}.role")
+            raise InvalidRequest(
+                f"{param}.role must be a string", param=f"{param}.role"
+            )
         return {"role": role, "content": _content_text(item.get("content"), param)}
     if kind == "function_call":
         text = f"{item.get('name', '')}({item.get('arguments', '')})"
@@ -297,8 +321,11 @@ def _parse_messages(data: dict[str, Any], common: dict[str, Any]) -> ParsedReque
         raise InvalidRequest("'messages' must not be empty", param="messages")
     tools = _tools(data.get("tools"))
     return ParsedRequest(
-        messages=messages, tools=tools, add_special_tokens=False,
-        routing_text=_messages_text(messages, tools), **common,
+        messages=messages,
+        tools=tools,
+        add_special_tokens=False,
+        routing_text=_messages_text(messages, tools),
+        **common,
     )
 
 
@@ -307,8 +334,11 @@ def _parse_prompt_field(
 ) -> ParsedRequest:
     text, ids = _prompt(data.get(name), name)
     return ParsedRequest(
-        text=text, token_ids=ids, routing_text=text if ids is None else None,
-        add_special_tokens=True, **common,
+        text=text,
+        token_ids=ids,
+        routing_text=text if ids is None else None,
+        add_special_tokens=True,
+        **common,
     )
 
 
@@ -339,7 +369,9 @@ def _is_ids(value: Any) -> bool:
     return (
         isinstance(value, list)
         and bool(value)
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+        )
     )
 
 
@@ -353,14 +385,18 @@ def _parse_generate(data: dict[str, Any], common: dict[str, Any]) -> ParsedReque
         raise InvalidRequest("'text' or 'input_ids' is required", param="text")
     text, _ = _prompt(data["text"], "text")
     if text is None:
-        raise InvalidRequest("'text' must be a string or a list of strings", param="text")
+        raise InvalidRequest(
+            "'text' must be a string or a list of strings", param="text"
+        )
     return ParsedRequest(text=text, routing_text=text, **common)
 
 
 def _parse_rerank(data: dict[str, Any], common: dict[str, Any]) -> ParsedRequest:
     query = data.get("query")
     if not isinstance(query, str):
-        raise InvalidRequest(f"'query' must be a string, got {_kind(query)}", param="query")
+        raise InvalidRequest(
+            f"'query' must be a string, got {_kind(query)}", param="query"
+        )
     documents = data.get("documents")
     if not isinstance(documents, list):
         raise InvalidRequest(
@@ -408,8 +444,14 @@ _PARSERS = {
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
-    return {dict: "object", list: "array", str: "string", bool: "boolean",
-            int: "number", float: "number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+    }.get(type(value), type(value).__name__)
 
 
 def _compact(value: Any) -> str:

@@ -36,9 +36,12 @@ class Usage:
         """
         if not isinstance(data, dict):
             return
-        for holder in (data.get("usage"), data.get("meta_info"),
-                       _get(data.get("message"), "usage"),
-                       _get(data.get("response"), "usage")):
+        for holder in (
+            data.get("usage"),
+            data.get("meta_info"),
+            _get(data.get("message"), "usage"),
+            _get(data.get("response"), "usage"),
+        ):
             if not isinstance(holder, dict):
                 continue
             prompt = holder.get("prompt_tokens", holder.get("input_tokens"))
@@ -86,7 +89,7 @@ class SSEParser:
             match = _EVENT_END.search(self._buffer, start)
             if match is None:
                 break
-            raw = bytes(self._buffer[start:match.start()])
+            raw = bytes(self._buffer[start : match.start()])
             start = match.end()
             event = _parse_event(raw)
             if event is not None:

@@ -40,6 +40,10 @@ DEFAULT_L0_MAX_ENTRIES = 10_000
 DEFAULT_L0_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_L1_MAX_BYTES = 32 * 1024 * 1024
 DEFAULT_VERIFY_SAMPLES = 16
+VERIFY_MAX_CHARS = 64 * 1024
+"""Prompts longer than this are not used as verification samples (cost)."""
+VERIFY_MAX_CUTS = 8
+"""Boundaries checked per verification sample, spread over the prompt."""
 _ENTRY_OVERHEAD = 200
 """Approximate bytes per entry beyond its ids (key, array header, dict slot)."""
 
@@ -144,7 +148,9 @@ class TokenizerCache:
             return Encoded(hit, "l0")
         result = self._encode_l1(text, add_special_tokens) if self.l1_enabled else None
         if result is None:
-            ids = array("I", self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+            ids = array(
+                "I", self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+            )
             result = Encoded(ids, "miss")
         with self._lock:
             self._l0.put(key, result.ids)  # type: ignore[arg-type]
@@ -160,12 +166,13 @@ class TokenizerCache:
         bounds = self._boundaries(text)
         if not bounds:
             return None
-        if self._verify_left > 0:
+        if self._verify_left > 0 and len(text) <= VERIFY_MAX_CHARS:
             self._verify_left -= 1
             if not self.verify_split(text, add_special_tokens=add_special_tokens):
                 return None
-        digest = hashlib.blake2b(b"\x01" if add_special_tokens else b"\x00",
-                                 digest_size=16)
+        digest = hashlib.blake2b(
+            b"\x01" if add_special_tokens else b"\x00", digest_size=16
+        )
         keys: list[bytes] = []
         previous = 0
         for end in bounds:
@@ -216,14 +223,18 @@ class TokenizerCache:
                 previous = cut
 
     def verify_split(self, text: str, *, add_special_tokens: bool) -> bool:
-        """Whether splicing at every boundary of ``text`` reproduces the whole
-        encoding. Turns L1 off (with a warning) when it does not."""
+        """Whether splicing at the boundaries of ``text`` reproduces the whole
+        encoding (up to ``VERIFY_MAX_CUTS`` boundaries, spread evenly, each
+        costing one encoding of the rest). Turns L1 off, with a warning, when
+        it does not."""
         if not self.l1_enabled:
             return False
         whole = self.tokenizer.raw.encode(text, add_special_tokens=add_special_tokens)
         ids, offsets = list(whole.ids), whole.offsets
-        index = 0
-        for end in self._boundaries(text):
+        bounds = self._boundaries(text)
+        step = max(1, -(-len(bounds) // VERIFY_MAX_CUTS))
+        for end in bounds[::step]:
+            index = 0
             while index < len(offsets) and offsets[index][0] < end:
                 index += 1
             tail = self.tokenizer.encode(text[end:], add_special_tokens=False)
@@ -231,7 +242,8 @@ class TokenizerCache:
                 logger.warning(
                     "tokenizer %s: encoding does not split exactly at special "
                     "tokens (char %d); prefix cache (L1) disabled",
-                    self.tokenizer.name, end,
+                    self.tokenizer.name,
+                    end,
                 )
                 self.l1_enabled = False
                 return False

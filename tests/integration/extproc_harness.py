@@ -68,7 +68,10 @@ def body_message(body: bytes, *, end_of_stream: bool = True) -> pb.ProcessingReq
 
 
 def response_headers_message(
-    status: int, *, upstream: str | None = None, content_type: str = "application/json",
+    status: int,
+    *,
+    upstream: str | None = None,
+    content_type: str = "application/json",
     end_of_stream: bool = False,
 ) -> pb.ProcessingRequest:
     values = [
@@ -87,7 +90,9 @@ def response_headers_message(
     return request
 
 
-def response_body_message(data: bytes, *, end_of_stream: bool = False) -> pb.ProcessingRequest:
+def response_body_message(
+    data: bytes, *, end_of_stream: bool = False
+) -> pb.ProcessingRequest:
     return pb.ProcessingRequest(
         response_body=pb.HttpBody(body=data, end_of_stream=end_of_stream)
     )
@@ -95,8 +100,11 @@ def response_body_message(data: bytes, *, end_of_stream: bool = False) -> pb.Pro
 
 def chat_headers(length: int | None = None, **extra: str) -> dict[str, str]:
     headers = {
-        ":method": "POST", ":path": "/v1/chat/completions", ":authority": "gw",
-        "content-type": "application/json", "x-request-id": "req-1",
+        ":method": "POST",
+        ":path": "/v1/chat/completions",
+        ":authority": "gw",
+        "content-type": "application/json",
+        "x-request-id": "req-1",
     }
     if length is not None:
         headers["content-length"] = str(length)
@@ -121,7 +129,9 @@ def set_headers(response: Any) -> dict[str, str]:
 def make_registry(ports: Sequence[int], model: str = "m1") -> WorkerRegistry:
     registry = WorkerRegistry([model])
     for port in ports:
-        worker = registry.upsert(make_worker(f"http://127.0.0.1:{port}", models=(model,)))
+        worker = registry.upsert(
+            make_worker(f"http://127.0.0.1:{port}", models=(model,))
+        )
         registry.set_state(worker.id, WorkerState.READY)
     return registry
 
@@ -144,7 +154,9 @@ class Harness:
         self.policy = InOrderPolicy()
         self.breaker = breaker or RecordingBreaker()
         self.extproc = ExtProcServer(
-            registry, self.settings, policy_for=lambda _pool: self.policy,
+            registry,
+            self.settings,
+            policy_for=lambda _pool: self.policy,
             tokenizer_for=tokenizer_for or (lambda _pool: None),
             breaker=self.breaker,
         )

@@ -81,7 +81,11 @@ async def test_alias_routes_to_its_pool():
 async def test_request_without_body_is_routed_on_headers_to_the_only_pool():
     async with Harness(make_registry([9001])) as h:
         (answer,) = await h.exchange(
-            [headers_message({":method": "GET", ":path": "/health"}, end_of_stream=True)]
+            [
+                headers_message(
+                    {":method": "GET", ":path": "/health"}, end_of_stream=True
+                )
+            ]
         )
     common = answer.request_headers.response
     assert set_headers(common)["x-gateway-destination-endpoint"] == "127.0.0.1:9001"
@@ -139,14 +143,18 @@ async def test_streamed_response_moves_charge_to_served_worker_and_releases_at_e
 async def test_non_streamed_json_usage_is_read_at_end_of_stream():
     before = OUTPUT_TOKENS.labels("m1")._value.get()
     async with Harness(make_registry([9001])) as h:
-        body = json.dumps({"choices": [], "usage": {"prompt_tokens": 2,
-                                                     "completion_tokens": 11}}).encode()
-        await h.exchange([
-            headers_message(chat_headers()), body_message(chat_body()),
-            response_headers_message(200, upstream="127.0.0.1:9001"),
-            response_body_message(body[:10]),
-            response_body_message(body[10:], end_of_stream=True),
-        ])
+        body = json.dumps(
+            {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 11}}
+        ).encode()
+        await h.exchange(
+            [
+                headers_message(chat_headers()),
+                body_message(chat_body()),
+                response_headers_message(200, upstream="127.0.0.1:9001"),
+                response_body_message(body[:10]),
+                response_body_message(body[10:], end_of_stream=True),
+            ]
+        )
     assert OUTPUT_TOKENS.labels("m1")._value.get() - before == 11
 
 
@@ -154,12 +162,16 @@ async def test_stream_ending_without_end_of_stream_is_an_abort_and_releases():
     registry = make_registry([9001])
     aborts = ABORTS.labels("m1")._value.get()
     async with Harness(registry) as h:
-        await h.exchange([
-            headers_message(chat_headers()), body_message(chat_body()),
-            response_headers_message(200, upstream="127.0.0.1:9001",
-                                     content_type="text/event-stream"),
-            response_body_message(b"data: {}\n\n"),
-        ])
+        await h.exchange(
+            [
+                headers_message(chat_headers()),
+                body_message(chat_body()),
+                response_headers_message(
+                    200, upstream="127.0.0.1:9001", content_type="text/event-stream"
+                ),
+                response_body_message(b"data: {}\n\n"),
+            ]
+        )
         await _poll(lambda: registry.load("127.0.0.1:9001").requests == 0)
     assert ABORTS.labels("m1")._value.get() - aborts == 1
     # The worker answered 200; a client that left is not the worker's fault.
@@ -183,10 +195,15 @@ async def test_cancelled_stream_after_decision_releases_and_reports_reset():
 async def test_response_headers_with_end_of_stream_finish_the_request():
     registry = make_registry([9001])
     async with Harness(registry) as h:
-        await h.exchange([
-            headers_message(chat_headers()), body_message(chat_body()),
-            response_headers_message(503, upstream="127.0.0.1:9001", end_of_stream=True),
-        ])
+        await h.exchange(
+            [
+                headers_message(chat_headers()),
+                body_message(chat_body()),
+                response_headers_message(
+                    503, upstream="127.0.0.1:9001", end_of_stream=True
+                ),
+            ]
+        )
     assert registry.load("127.0.0.1:9001").processed == 1
     assert h.breaker.outcomes == [("127.0.0.1:9001", 503, False)]
 
@@ -254,7 +271,9 @@ async def test_missing_model_gets_400_without_default_and_routes_with_one():
     config = {"models": [{"name": "m1"}], "default_model": "m1"}
     async with Harness(registry, config) as h:
         body = json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode()
-        _, answer = await h.exchange([headers_message(chat_headers()), body_message(body)])
+        _, answer = await h.exchange(
+            [headers_message(chat_headers()), body_message(body)]
+        )
     assert set_headers(answer.request_body.response)["x-corral-pool"] == "m1"
 
 
@@ -279,15 +298,25 @@ async def test_no_eligible_worker_gets_503_with_retry_after(case: str):
 async def test_get_models_lists_pools_and_answers_one_model():
     async with Harness(make_registry([9001])) as h:
         (listing,) = await h.exchange(
-            [headers_message({":method": "GET", ":path": "/v1/models"}, end_of_stream=True)]
+            [
+                headers_message(
+                    {":method": "GET", ":path": "/v1/models"}, end_of_stream=True
+                )
+            ]
         )
         (one,) = await h.exchange(
-            [headers_message({":method": "GET", ":path": "/v1/models/m1"},
-                             end_of_stream=True)]
+            [
+                headers_message(
+                    {":method": "GET", ":path": "/v1/models/m1"}, end_of_stream=True
+                )
+            ]
         )
         (missing,) = await h.exchange(
-            [headers_message({":method": "GET", ":path": "/v1/models/x"},
-                             end_of_stream=True)]
+            [
+                headers_message(
+                    {":method": "GET", ":path": "/v1/models/x"}, end_of_stream=True
+                )
+            ]
         )
     assert listing.immediate_response.status.code == 200
     data = json.loads(listing.immediate_response.body)
@@ -299,18 +328,31 @@ async def test_get_models_lists_pools_and_answers_one_model():
     assert _error(missing)[0] == 404
 
 
-async def test_chat_tokens_reach_the_policy_as_the_template_renders_them(tinyllama_path):
+async def test_chat_tokens_reach_the_policy_as_the_template_renders_them(
+    tinyllama_path,
+):
     tokenizer = load_tokenizer(str(tinyllama_path))
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": [{"type": "text", "text": "Hi "},
-                                             {"type": "text", "text": "there"}]}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Hi "},
+                {"type": "text", "text": "there"},
+            ],
+        },
+    ]
     async with Harness(make_registry([9001]), tokenizer_for=lambda _m: tokenizer) as h:
         await h.exchange(
-            [headers_message(chat_headers()),
-             body_message(chat_body(messages=messages))]
+            [
+                headers_message(chat_headers()),
+                body_message(chat_body(messages=messages)),
+            ]
         )
-    flat = [{"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Hi there"}]
+    flat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there"},
+    ]
     expected = tokenizer.encode(tokenizer.render_chat(flat), add_special_tokens=False)
     assert list(h.policy.requests[0].tokens) == expected
     assert h.policy.requests[0].token_count == len(expected)

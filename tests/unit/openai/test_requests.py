@@ -40,30 +40,44 @@ def test_endpoint_for_path(path: str, endpoint: Endpoint):
 
 
 def test_chat_flattens_parts_with_image_placeholder_and_keeps_tool_calls():
-    calls = [{"id": "c1", "type": "function",
-              "function": {"name": "f", "arguments": "{}"}}]
-    parsed = _parse(Endpoint.CHAT, {
-        "model": "m", "stream": True, "stream_options": {"include_usage": True},
-        "tools": [{"type": "function", "function": {"name": "f"}}],
-        "messages": [
-            {"role": "developer", "content": "rules"},
-            {"role": "user", "content": [
-                {"type": "text", "text": "look: "},
-                {"type": "image_url", "image_url": {"url": "data:..."}},
-            ]},
-            {"role": "assistant", "content": None, "tool_calls": calls},
-            {"role": "tool", "tool_call_id": "c1", "content": "42"},
-        ],
-    })
+    calls = [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ]
+    parsed = _parse(
+        Endpoint.CHAT,
+        {
+            "model": "m",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [
+                {"role": "developer", "content": "rules"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "look: "},
+                        {"type": "image_url", "image_url": {"url": "data:..."}},
+                    ],
+                },
+                {"role": "assistant", "content": None, "tool_calls": calls},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            ],
+        },
+    )
     assert parsed.model == "m" and parsed.stream and parsed.include_usage
     assert [m["content"] for m in parsed.messages] == [
-        "rules", f"look: {IMAGE_PLACEHOLDER}", "", "42"
+        "rules",
+        f"look: {IMAGE_PLACEHOLDER}",
+        "",
+        "42",
     ]
     assert parsed.messages[2]["tool_calls"] == calls
     assert parsed.messages[3]["tool_call_id"] == "c1"
     assert parsed.tools == [{"type": "function", "function": {"name": "f"}}]
     assert parsed.add_special_tokens is False
-    assert "look: <image>" in parsed.routing_text and '"name":"f"' in parsed.routing_text
+    assert (
+        "look: <image>" in parsed.routing_text and '"name":"f"' in parsed.routing_text
+    )
 
 
 @pytest.mark.parametrize(
@@ -85,20 +99,32 @@ def test_prompt_shapes(endpoint: Endpoint, prompt: Any, text: Any, ids: Any):
 
 
 def test_responses_input_items_and_instructions_become_messages():
-    parsed = _parse(Endpoint.RESPONSES, {
-        "model": "m", "instructions": "be nice",
-        "input": [
-            {"role": "user", "content": "hi"},
-            {"type": "message", "role": "user",
-             "content": [{"type": "input_text", "text": "a"},
-                         {"type": "input_image", "image_url": "x"}]},
-            {"type": "function_call", "name": "f", "arguments": "{}"},
-            {"type": "function_call_output", "call_id": "1", "output": "ok"},
-        ],
-    })
+    parsed = _parse(
+        Endpoint.RESPONSES,
+        {
+            "model": "m",
+            "instructions": "be nice",
+            "input": [
+                {"role": "user", "content": "hi"},
+                {
+                    "type": "message",
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "a"},
+                        {"type": "input_image", "image_url": "x"},
+                    ],
+                },
+                {"type": "function_call", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "1", "output": "ok"},
+            ],
+        },
+    )
     assert [(m["role"], m["content"]) for m in parsed.messages] == [
-        ("system", "be nice"), ("user", "hi"), ("user", "a<image>"),
-        ("assistant", "f({})"), ("tool", "ok"),
+        ("system", "be nice"),
+        ("user", "hi"),
+        ("user", "a<image>"),
+        ("assistant", "f({})"),
+        ("tool", "ok"),
     ]
     assert _parse(Endpoint.RESPONSES, {"model": "m", "input": "q"}).messages == [
         {"role": "user", "content": "q"}
@@ -106,20 +132,40 @@ def test_responses_input_items_and_instructions_become_messages():
 
 
 def test_anthropic_messages_system_blocks_and_content_blocks():
-    parsed = _parse(Endpoint.MESSAGES, {
-        "model": "m", "max_tokens": 5,
-        "system": [{"type": "text", "text": "sys"}],
-        "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "q"},
-                                         {"type": "image", "source": {}}]},
-            {"role": "assistant", "content": [
-                {"type": "tool_use", "id": "t", "name": "f", "input": {"a": 1}}]},
-            {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "t", "content": "r"}]},
-        ],
-    })
+    parsed = _parse(
+        Endpoint.MESSAGES,
+        {
+            "model": "m",
+            "max_tokens": 5,
+            "system": [{"type": "text", "text": "sys"}],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "q"},
+                        {"type": "image", "source": {}},
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "tool_use", "id": "t", "name": "f", "input": {"a": 1}}
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "t", "content": "r"}
+                    ],
+                },
+            ],
+        },
+    )
     assert [m["content"] for m in parsed.messages] == [
-        "sys", "q<image>", 'f{"a":1}', "r"
+        "sys",
+        "q<image>",
+        'f{"a":1}',
+        "r",
     ]
 
 
@@ -153,23 +199,51 @@ def test_other_path_takes_model_from_json_and_tolerates_anything_else():
     [
         (Endpoint.CHAT, b"[1, 2]", "must be a JSON object, got array"),
         (Endpoint.CHAT, b"", "body is empty"),
-        (Endpoint.CHAT, b'{"model": "m",\n "messages": [', "line 2, column 15, char 29"),
-        (Endpoint.CHAT, b"{\"model\": \"\xff\"}", "not valid UTF-8"),
+        (
+            Endpoint.CHAT,
+            b'{"model": "m",\n "messages": [',
+            "line 2, column 15, char 29",
+        ),
+        (Endpoint.CHAT, b'{"model": "\xff"}', "not valid UTF-8"),
         (Endpoint.CHAT, b'{"model": 3, "messages": []}', "'model' must be a string"),
-        (Endpoint.CHAT, b'{"model": "m", "messages": "hi"}', "'messages' must be a list"),
+        (
+            Endpoint.CHAT,
+            b'{"model": "m", "messages": "hi"}',
+            "'messages' must be a list",
+        ),
         (Endpoint.CHAT, b'{"model": "m", "messages": []}', "must not be empty"),
-        (Endpoint.CHAT, b'{"model": "m", "messages": [1]}', "messages[0] must be an object"),
-        (Endpoint.CHAT, b'{"model":"m","messages":[{"role":"user","content":5}]}',
-         "messages[0].content must be a string or a list"),
-        (Endpoint.CHAT, b'{"model":"m","messages":[{"content":"x"}]}',
-         "messages[0].role must be a string"),
-        (Endpoint.CHAT, b'{"model":"m","stream":"yes","messages":[{"role":"u"}]}',
-         "'stream' must be a boolean"),
-        (Endpoint.CHAT, b'{"model":"m","tools":{},"messages":[{"role":"u"}]}',
-         "'tools' must be a list"),
+        (
+            Endpoint.CHAT,
+            b'{"model": "m", "messages": [1]}',
+            "messages[0] must be an object",
+        ),
+        (
+            Endpoint.CHAT,
+            b'{"model":"m","messages":[{"role":"user","content":5}]}',
+            "messages[0].content must be a string or a list",
+        ),
+        (
+            Endpoint.CHAT,
+            b'{"model":"m","messages":[{"content":"x"}]}',
+            "messages[0].role must be a string",
+        ),
+        (
+            Endpoint.CHAT,
+            b'{"model":"m","stream":"yes","messages":[{"role":"u"}]}',
+            "'stream' must be a boolean",
+        ),
+        (
+            Endpoint.CHAT,
+            b'{"model":"m","tools":{},"messages":[{"role":"u"}]}',
+            "'tools' must be a list",
+        ),
         (Endpoint.COMPLETIONS, b'{"model": "m", "prompt": 5}', "'prompt' must be"),
         (Endpoint.COMPLETIONS, b'{"model": "m", "prompt": []}', "'prompt' must be"),
-        (Endpoint.COMPLETIONS, b'{"model": "m", "prompt": [1, "a"]}', "'prompt' must be"),
+        (
+            Endpoint.COMPLETIONS,
+            b'{"model": "m", "prompt": [1, "a"]}',
+            "'prompt' must be",
+        ),
         (Endpoint.EMBEDDINGS, b'{"model": "m", "input": {"a": 1}}', "'input' must be"),
         (Endpoint.RESPONSES, b'{"model": "m", "input": 3}', "'input' must be"),
         (Endpoint.MESSAGES, b'{"model": "m", "messages": {}}', "'messages' must be"),

@@ -11,7 +11,7 @@ from corral.openai.sse import SSEParser, Usage, body_usage, event_usage
 STREAM = (
     'data: {"choices":[{"delta":{"content":"h\u00e9 \u4e16\u754c \U0001f600"}}]}\n\n'
     ": keep-alive comment\n\n"
-    "event: message_delta\r\ndata: {\"usage\":{\"output_tokens\":4}}\r\n\r\n"
+    'event: message_delta\r\ndata: {"usage":{"output_tokens":4}}\r\n\r\n'
     'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":9}}\n\n'
     "data: [DONE]\n\n"
 ).encode()
@@ -29,7 +29,12 @@ EXPECTED = _events([STREAM])
 
 
 def test_whole_stream_parses_into_events():
-    assert [e.event for e in EXPECTED] == ["message", "message_delta", "message", "message"]
+    assert [e.event for e in EXPECTED] == [
+        "message",
+        "message_delta",
+        "message",
+        "message",
+    ]
     assert json.loads(EXPECTED[0].data)["choices"][0]["delta"]["content"] == (
         "h\u00e9 \u4e16\u754c \U0001f600"
     )

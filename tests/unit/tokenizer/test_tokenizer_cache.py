@@ -16,7 +16,9 @@ def tinyllama(tinyllama_path):
 def _conversation(turns: int) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": "You answer in one line. \u00e9\u4e16"}]
     for i in range(turns):
-        messages.append({"role": "user", "content": f"Question {i}: what is {i} * {i}?"})
+        messages.append(
+            {"role": "user", "content": f"Question {i}: what is {i} * {i}?"}
+        )
         messages.append({"role": "assistant", "content": f"It is {i * i}.\n\nDone."})
     messages.append({"role": "user", "content": "And now?"})
     return messages
@@ -39,7 +41,9 @@ def test_growing_conversation_hits_l1_and_equals_whole_encoding(
     tinyllama, turns: int, add_special_tokens: bool
 ):
     cache = TokenizerCache(tinyllama)
-    shorter = tinyllama.render_chat(_conversation(turns - 1), add_generation_prompt=False)
+    shorter = tinyllama.render_chat(
+        _conversation(turns - 1), add_generation_prompt=False
+    )
     cache.encode(shorter, add_special_tokens=add_special_tokens)
     longer = tinyllama.render_chat(_conversation(turns))
     result = cache.encode(longer, add_special_tokens=add_special_tokens)
@@ -87,7 +91,9 @@ def test_l0_stays_within_its_entry_and_byte_bounds(tinyllama):
 def test_l1_stays_within_its_byte_bound(tinyllama):
     cache = TokenizerCache(tinyllama, l1_max_bytes=2_000)
     for turns in range(1, 12):
-        cache.encode(tinyllama.render_chat(_conversation(turns)), add_special_tokens=False)
+        cache.encode(
+            tinyllama.render_chat(_conversation(turns)), add_special_tokens=False
+        )
     assert 0 < cache.l1_bytes <= 2_000
 
 
