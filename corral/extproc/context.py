@@ -30,7 +30,7 @@ TokenizerSource = Callable[[str], ModelTokenizer | None]
 
 def _build_policy(config: PolicyConfig) -> RoutingPolicy:
     try:
-        from corral.routing import build_policy  # type: ignore[attr-defined]
+        from corral.routing import build_policy
     except ImportError as exc:
         raise ConfigError("routing policies are not available") from exc
     policy: RoutingPolicy = build_policy(config)

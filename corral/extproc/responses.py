@@ -97,7 +97,7 @@ def immediate(
     """End the exchange with a local reply; the upstream is never contacted."""
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
-            status=HttpStatus(code=status),  # type: ignore[arg-type]
+            status=HttpStatus(code=status),
             headers=pb.HeaderMutation(set_headers=set_headers(headers.items())),
             body=body,
             details=details,

@@ -138,7 +138,7 @@ class ExtProcServer:
             stream.close()
 
 
-class _Servicer(pb_grpc.ExternalProcessorServicer):
+class _Servicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, server: ExtProcServer) -> None:
         self._server = server
 

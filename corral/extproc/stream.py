@@ -57,6 +57,7 @@ from corral.observability.metrics import (
 )
 from corral.openai import models as model_answers
 from corral.openai.requests import Endpoint, ParsedRequest, endpoint_for, parse_request
+from corral.pool.worker import Worker
 from corral.routing.base import RoutingRequest
 
 logger = logging.getLogger(__name__)
@@ -216,10 +217,10 @@ class RequestStream:
         began = time.perf_counter()
         decision = policy.pick(routing, candidates, MAX_WORKERS)
         DECISION_SECONDS.labels(self.policy_name).observe(time.perf_counter() - began)
-        seen: set[str] = set()
-        workers = tuple(
-            w for w in decision.workers if not (w.id in seen or seen.add(w.id))
-        )[:MAX_WORKERS]
+        workers: list[Worker] = []
+        for worker in decision.workers:
+            if len(workers) < MAX_WORKERS and all(w.id != worker.id for w in workers):
+                workers.append(worker)
         if not workers:
             raise NoHealthyWorker(
                 f"no worker chosen for model `{pool}`", retry_after_s=1

@@ -356,3 +356,18 @@ async def test_chat_tokens_reach_the_policy_as_the_template_renders_them(
     expected = tokenizer.encode(tokenizer.render_chat(flat), add_special_tokens=False)
     assert list(h.policy.requests[0].tokens) == expected
     assert h.policy.requests[0].token_count == len(expected)
+
+
+async def test_default_policy_is_built_from_model_config():
+    from corral.config.settings import parse_settings
+    from corral.extproc import ExtProcServer
+
+    settings = parse_settings(
+        {"models": [{"name": "m1", "policy": {"name": "round_robin"}}]}
+    )
+    server = ExtProcServer(make_registry([9001]), settings)
+    try:
+        assert server.context.policy("m1").name == "round_robin"
+        assert server.context.policy("m1") is server.context.policy("m1")
+    finally:
+        await server.close()
