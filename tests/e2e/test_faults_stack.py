@@ -48,6 +48,8 @@ class FaultStack:
     sims: dict[int, Child] = field(default_factory=dict)
     serve: Child | None = None
     envoy: Child | None = None
+    time_scale: float = 0.02
+    """Speed of the simulated workers' time (1.0: as slow as a real engine)."""
 
     @property
     def gateway(self) -> str:
@@ -67,7 +69,7 @@ class FaultStack:
                 "--model",
                 MODEL,
                 "--time-scale",
-                "0.02",
+                str(self.time_scale),
                 "--log-level",
                 "WARNING",
                 *flags,
@@ -116,6 +118,17 @@ class FaultStack:
     @property
     def envoy_admin(self) -> str:
         return f"http://127.0.0.1:{self.config['envoy']['admin']['port']}"
+
+    def worker_load(self, port: int) -> dict[str, Any]:
+        """The gateway's view of one worker's load (admin ``GET /workers``)."""
+        for worker in httpx.get(f"{self.admin}/workers", timeout=5).json()["workers"]:
+            if worker["id"] == f"127.0.0.1:{port}":
+                return dict(worker["load"])
+        raise AssertionError(f"worker 127.0.0.1:{port} not in the registry")
+
+    def sim_state(self, port: int) -> dict[str, Any]:
+        """The simulated engine's own view: running and waiting requests."""
+        return dict(httpx.get(f"http://127.0.0.1:{port}/sim/state", timeout=5).json())
 
     def kill_serve(self) -> None:
         """SIGKILL the control plane (no shutdown of any kind) and reap it."""
