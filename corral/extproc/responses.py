@@ -18,6 +18,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from corral.errors import GatewayError
 from corral.extproc import headers as names
+from corral.pool.wire import pool_cluster_name
 
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -50,17 +51,21 @@ def route(
 ) -> pb.ProcessingResponse:
     """The routing decision, as the wire contract fixes it.
 
-    Request headers ``x-gateway-destination-endpoint`` (the ordered list) and
-    ``x-corral-pool``, the same list in dynamic metadata ``envoy.lb`` (endpoint
-    picker protocol), and ``clear_route_cache`` so that Envoy picks the route
-    again, now by ``x-corral-pool``. Sent on the request body, or on the
+    Request headers ``x-gateway-destination-endpoint`` (the ordered list),
+    ``x-corral-pool`` and ``x-corral-cluster``, the same list in dynamic
+    metadata ``envoy.lb`` (endpoint picker protocol), and ``clear_route_cache``
+    so that Envoy picks the route again, now by the pool headers. Sent on the request body, or on the
     request headers when the request has no body.
     """
     destination = ",".join(endpoints)
     common = pb.CommonResponse(
         header_mutation=pb.HeaderMutation(
             set_headers=set_headers(
-                ((names.DESTINATION_HEADER, destination), (names.POOL_HEADER, pool))
+                (
+                    (names.DESTINATION_HEADER, destination),
+                    (names.POOL_HEADER, pool),
+                    (names.CLUSTER_HEADER, pool_cluster_name(pool)),
+                )
             )
         ),
         clear_route_cache=True,

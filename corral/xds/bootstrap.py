@@ -14,12 +14,12 @@ from typing import Any
 
 from corral.config.settings import Address, Settings
 from corral.xds.names import (
+    CLUSTER_HEADER,
     CONTROL_PLANE_CLUSTER,
     DESTINATION_HEADER,
     LB_METADATA_NAMESPACE,
     POOL_HEADER,
-    SERVED_HEADER,
-    WORKER_HEADER,
+    STRIPPED_REQUEST_HEADERS,
     pool_cluster_name,
 )
 from corral.xds.resources import buffer_limit_bytes
@@ -28,7 +28,7 @@ _TYPE = "type.googleapis.com/"
 _GRPC_HEADROOM_BYTES = 1024 * 1024
 """Above ``max_body_bytes``: a whole buffered body plus its framing fits one message."""
 
-STRIPPED_HEADERS = (DESTINATION_HEADER, SERVED_HEADER, POOL_HEADER, WORKER_HEADER)
+STRIPPED_HEADERS = STRIPPED_REQUEST_HEADERS
 """Routing headers a client must never choose: removed before ext_proc runs."""
 
 MAX_REQUEST_HEADERS_KB = 96
@@ -200,9 +200,16 @@ def first_byte_timeout_s(settings: Settings) -> float:
     return first_byte if first_byte is not None else DEFAULT_FIRST_BYTE_S
 
 
-def _pool_action(model: str, settings: Settings) -> dict[str, Any]:
+def _pool_action(model: str | None, settings: Settings) -> dict[str, Any]:
+    """Route action to one pool's cluster, or (``model=None``) to the cluster the
+    picker names in ``x-corral-cluster``."""
+    target: dict[str, Any] = (
+        {"cluster": pool_cluster_name(model)}
+        if model is not None
+        else {"cluster_header": CLUSTER_HEADER}
+    )
     action: dict[str, Any] = {
-        "cluster": pool_cluster_name(model),
+        **target,
         # Streams of tokens last minutes: no route timeout (Envoy's default 15 s
         # cuts SSE); the idle timeout catches stalled upstreams instead.
         "timeout": "0s",
@@ -238,6 +245,17 @@ def _routes(settings: Settings) -> list[dict[str, Any]]:
         }
         for m in settings.models
     ]
+    # Pools found by discovery alone (a model no configuration names) have no
+    # route above; the picker names their cluster and this route follows it.
+    # The header only ever comes from the picker: clients' copies are stripped.
+    routes.append(
+        {
+            "name": "discovered_pools",
+            "match": {"prefix": "/", "headers": [{"name": CLUSTER_HEADER,
+                                                   "present_match": True}]},
+            "route": _pool_action(None, settings),
+        }
+    )
     fallback = default_pool(settings)
     if fallback is not None:
         routes.append(

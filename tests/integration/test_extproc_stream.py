@@ -9,6 +9,7 @@ import time
 import grpc
 import pytest
 
+from corral.extproc.prompt import DEFAULT_ROUTING_CHARS
 from corral.observability.metrics import ABORTS, OUTPUT_TOKENS, REGISTRY
 from corral.pool import WorkerState
 from corral.tokenizer import load_tokenizer
@@ -60,6 +61,7 @@ async def test_body_decision_sets_destination_pool_metadata_and_clears_route_cac
     assert set_headers(common) == {
         "x-gateway-destination-endpoint": "127.0.0.1:9001,127.0.0.1:9002",
         "x-corral-pool": "m1",
+        "x-corral-cluster": "corral_pool_m1",
     }
     assert common.clear_route_cache is True
     lb = decision.dynamic_metadata.fields["envoy.lb"].struct_value
@@ -228,7 +230,7 @@ async def test_oversized_buffered_body_gets_413():
     assert _error(answer)[0] == 413
 
 
-async def test_four_mib_prompt_is_routed():
+async def test_four_mib_prompt_is_routed_on_its_start_and_charged_in_full():
     prompt = "word " * (4 * 1024 * 1024 // 5)
     body = chat_body(messages=[{"role": "user", "content": prompt}])
     assert len(body) > 4 * 1024 * 1024
@@ -237,8 +239,12 @@ async def test_four_mib_prompt_is_routed():
             [headers_message(chat_headers(length=len(body))), body_message(body)]
         )
     assert set_headers(answer.request_body.response)["x-corral-pool"] == "m1"
-    assert h.policy.requests[0].text is not None
-    assert len(h.policy.requests[0].text) > 4 * 1000 * 1000
+    routed = h.policy.requests[0]
+    assert routed.text is not None
+    # Routing matches prefixes: only the start is handed to the policy, while
+    # load accounting still sees the whole prompt.
+    assert len(routed.text) == DEFAULT_ROUTING_CHARS
+    assert routed.token_count > 1_000_000
 
 
 async def test_truncated_json_gets_400_with_position():
@@ -371,3 +377,31 @@ async def test_default_policy_is_built_from_model_config():
         assert server.context.policy("m1") is server.context.policy("m1")
     finally:
         await server.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"model": "m1", "max_tokens": ' + b"9" * 5000 + b"}", id="huge-int"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deep-nesting"),
+    ],
+)
+async def test_json_python_cannot_hold_is_400_not_a_crash(body):
+    async with Harness(make_registry([9001])) as h:
+        _, answer = await h.exchange(
+            [headers_message(chat_headers(length=len(body))), body_message(body)]
+        )
+    status, _, error = _error(answer)
+    assert status == 400
+    assert error["error"]["type"] == "invalid_request_error"
+
+
+async def test_lone_surrogate_routes_on_text_instead_of_failing():
+    tokenizer = load_tokenizer("builtin")
+    body = b'{"model": "m1", "messages": [{"role": "user", "content": "\\ud800 hi"}]}'
+    async with Harness(make_registry([9001]), tokenizer_for=lambda _: tokenizer) as h:
+        _, answer = await h.exchange(
+            [headers_message(chat_headers(length=len(body))), body_message(body)]
+        )
+    assert set_headers(answer.request_body.response)["x-corral-pool"] == "m1"
+    assert h.policy.requests[0].tokens is None

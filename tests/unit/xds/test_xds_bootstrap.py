@@ -42,7 +42,7 @@ def test_filters_run_strip_then_ext_proc_then_router() -> None:
                filters[0]["typed_config"]["mutations"]["request_mutations"]]
     assert set(removed) == {
         "x-gateway-destination-endpoint", "x-gateway-destination-endpoint-served",
-        "x-corral-pool", "x-corral-worker",
+        "x-corral-pool", "x-corral-cluster", "x-corral-worker",
     }
     ext_proc = filters[1]["typed_config"]
     assert ext_proc["processing_mode"]["request_body_mode"] == "BUFFERED"
