@@ -6,6 +6,13 @@ them); completions-style text is encoded with them; token ids sent by the
 client are used as given. Prompts above ``thread_threshold`` characters are
 rendered and encoded in a worker thread, so one long prompt never stalls the
 event loop for the others (the Rust tokenizer releases the GIL).
+
+Only the first ``routing_chars`` characters of a prompt are encoded: routing
+matches prefixes, and a 4 MiB prompt would otherwise cost seconds of CPU and a
+prefix-tree entry of a million tokens for the same decision. The cut falls on
+whitespace, where byte-pair tokenizers split words anyway, so the ids of the
+prefix are those of the whole prompt's start. The prompt's full token count,
+which load accounting needs, is then estimated from the prefix's ratio.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from corral.observability.metrics import TOKENIZE_SECONDS, TOKENIZER_CACHE
 from corral.openai.requests import ParsedRequest
@@ -23,6 +31,16 @@ from corral.tokenizer.model import ChatTemplateError, ModelTokenizer
 logger = logging.getLogger(__name__)
 
 DEFAULT_THREAD_THRESHOLD = 16 * 1024
+DEFAULT_ROUTING_CHARS = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PromptTokens:
+    """Token ids of the prompt's start (all of it unless it was cut) and the
+    prompt's token count (exact, or estimated when cut)."""
+
+    ids: Sequence[int]
+    count: int
 
 
 class PromptTokenizer:
@@ -34,25 +52,30 @@ class PromptTokenizer:
         *,
         cache: TokenizerCache | None = None,
         thread_threshold: int = DEFAULT_THREAD_THRESHOLD,
+        routing_chars: int = DEFAULT_ROUTING_CHARS,
     ) -> None:
         self.tokenizer = tokenizer
         self.cache = cache if cache is not None else TokenizerCache(tokenizer)
         self.thread_threshold = thread_threshold
+        self.routing_chars = routing_chars
 
     def __repr__(self) -> str:
         return f"<PromptTokenizer {self.cache!r}>"
 
-    async def tokens(self, request: ParsedRequest) -> Sequence[int] | None:
+    async def tokens(self, request: ParsedRequest) -> PromptTokens | None:
         """The prompt's token ids, or ``None`` when the request has no prompt
-        or the chat template rejects it (routing then uses the text; the worker,
-        whose template may differ, judges the request itself)."""
+        or it cannot be tokenized (the chat template rejects it, or the text
+        holds what no tokenizer takes, such as lone surrogates). Routing then
+        uses the text; the worker, whose template may differ, judges the request
+        itself."""
         if request.token_ids is not None:
-            return request.token_ids
-        size = len(request.text or "") + sum(
-            len(m.get("content") or "") for m in request.messages or ()
-        )
+            return PromptTokens(request.token_ids, len(request.token_ids))
         if request.messages is None and request.text is None:
             return None
+        size = len(request.text or "") + sum(
+            len(m.get("content") or "") if isinstance(m.get("content"), str) else 0
+            for m in request.messages or ()
+        )
         started = time.perf_counter()
         try:
             if size >= self.thread_threshold:
@@ -62,17 +85,35 @@ class PromptTokenizer:
         except ChatTemplateError as exc:
             logger.debug("chat template: %s; routing on text", exc)
             return None
-        TOKENIZE_SECONDS.labels(result.level).observe(time.perf_counter() - started)
-        _count(result.level)
-        return result.ids
+        except (TypeError, ValueError, UnicodeError) as exc:
+            logger.debug("prompt not tokenizable (%s); routing on text", exc)
+            return None
+        encoded, count = result
+        TOKENIZE_SECONDS.labels(encoded.level).observe(time.perf_counter() - started)
+        _count(encoded.level)
+        return PromptTokens(encoded.ids, count)
 
-    def _encode(self, request: ParsedRequest) -> Encoded:
+    def _encode(self, request: ParsedRequest) -> tuple[Encoded, int]:
         if request.messages is not None:
             text = self.tokenizer.render_chat(request.messages, tools=request.tools)
         else:
             assert request.text is not None
             text = request.text
-        return self.cache.encode(text, add_special_tokens=request.add_special_tokens)
+        head = _routing_prefix(text, self.routing_chars)
+        encoded = self.cache.encode(head, add_special_tokens=request.add_special_tokens)
+        count = len(encoded.ids)
+        if len(head) < len(text):
+            count = int(count * len(text) / max(1, len(head)))
+        return encoded, count
+
+
+def _routing_prefix(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, at whitespace when there is
+    some in the last quarter of the limit."""
+    if len(text) <= limit:
+        return text
+    cut = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit))
+    return text[: cut if cut >= limit * 3 // 4 else limit]
 
 
 _L0_HIT = TOKENIZER_CACHE.labels("l0", "hit")

@@ -40,6 +40,7 @@ from corral.errors import (
 )
 from corral.extproc import headers as names
 from corral.extproc import responses
+from corral.extproc.prompt import DEFAULT_ROUTING_CHARS
 from corral.extproc.context import ServerContext
 from corral.extproc.hooks import Release
 from corral.extproc.observe import ResponseObserver
@@ -195,17 +196,25 @@ class RequestStream:
         self.policy_name = policy.name
         prompt = ctx.tokenizer(pool)
         tokens: Sequence[int] | None = None
+        count: int | None = None
         if prompt is not None:
-            tokens = await prompt.tokens(parsed)
+            encoded = await prompt.tokens(parsed)
+            if encoded is not None:
+                tokens, count = encoded.ids, encoded.count
         elif parsed.token_ids is not None:
             tokens = parsed.token_ids
         text = parsed.routing_text
-        count = len(tokens) if tokens is not None else len(text or self.body) // 4
+        if count is None:
+            count = len(tokens) if tokens is not None else len(text or self.body) // 4
+        if text is not None and len(text) > DEFAULT_ROUTING_CHARS:
+            text = text[:DEFAULT_ROUTING_CHARS]  # routing matches prefixes only
+        key_header = getattr(policy, "header", None)
         routing = RoutingRequest(
             model=pool,
             tokens=tokens,
             text=text,
             token_count=count,
+            routing_key=self.headers.get(key_header) if key_header else None,
             headers=self.headers,
         )
         self._release_admission = await ctx.admission.acquire(pool, routing)

@@ -105,6 +105,11 @@ def decode_json(body: bytes) -> Any:
             f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, "
             f"column {exc.colno}, char {exc.pos})"
         ) from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply to parse") from None
+    except ValueError as exc:
+        # Python refuses integers of more than 4300 digits (int_max_str_digits).
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
 
 
 def parse_request(endpoint: Endpoint, body: bytes) -> ParsedRequest:
@@ -423,7 +428,7 @@ def _parse_other(body: bytes) -> ParsedRequest:
     if body.lstrip()[:1] == b"{":
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             data = None
         if isinstance(data, dict) and isinstance(data.get("model"), str):
             model = data["model"] or None

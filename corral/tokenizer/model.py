@@ -19,6 +19,10 @@ from corral.errors import ConfigError, InvalidRequest
 logger = logging.getLogger(__name__)
 
 
+_RELEASE_GIL_CHARS = 8 * 1024
+"""Texts this long are encoded through the GIL-releasing batch call."""
+
+
 class ChatTemplateError(InvalidRequest):
     code = "chat_template_error"
 
@@ -98,6 +102,13 @@ class ModelTokenizer:
         return self._tokenizer
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        if len(text) >= _RELEASE_GIL_CHARS:
+            # ``Tokenizer.encode`` holds the GIL for its whole run; the batch
+            # form releases it, so other threads (the event loop) keep going.
+            batch = self._tokenizer.encode_batch(
+                [text], add_special_tokens=add_special_tokens
+            )
+            return list(batch[0].ids)
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
