@@ -9,7 +9,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
+import matplotlib.pyplot as plt  # the backend above must be chosen first
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +85,9 @@ def draw_all(
         _save(fig, out_dir / file)
         images[workload] = file
 
+    # Workloads where no contender got a single hit (tiny prompts) are left out.
     hit_workloads = [w for w in workloads if any(
-        table.get((w, c), {}).get("hit_rate") is not None for c in contenders)]
+        table.get((w, c), {}).get("hit_rate") for c in contenders)]
     if hit_workloads:
         fig, axes = plt.subplots(1, len(hit_workloads),
                                  figsize=(4.5 * len(hit_workloads), 4), squeeze=False)

@@ -10,6 +10,7 @@ launcher may) is measured together with it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -195,7 +196,8 @@ class ManagedProcess:
             try:
                 self._popen.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                logger.warning("%s ignored SIGTERM; killing pid %d", self.name, self.pid)
+                logger.warning("%s ignored SIGTERM; killing pid %d",
+                               self.name, self.pid)
                 self._popen.kill()
                 self._popen.wait(timeout=5)
         # Descendants that outlived their parent were started by us too (through
@@ -214,10 +216,8 @@ def _terminate(pid: int, *, timeout_s: float) -> None:
         if not Path(f"/proc/{pid}").exists():
             return
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def wait_http_ok(

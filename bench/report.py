@@ -78,6 +78,10 @@ def _f(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -250,8 +254,11 @@ def write_report(data: dict[str, Any], out_dir: Path) -> Path:
             "",
             "| contender | added p50 ms | added p90 ms |",
             "|---|---|---|",
-            *[f"| {name} | {added[name]:+.2f} | {_f(added90.get(name), 2)} |"
+            *[f"| {name} | {added[name]:+.2f} | {_signed(added90.get(name))} |"
               for name in contenders if name in added],
+            "",
+            "Differences of a few tenths of a millisecond, and negative ones at "
+            "p90, are within the run-to-run noise of a shared 2-core machine.",
             "",
         ]
     for workload in workloads:

@@ -59,9 +59,9 @@ def _lexicon(rng: random.Random, size: int = 3000) -> list[str]:
     words: set[str] = set()
     while len(words) < size:
         syllables = rng.randint(1, 3)
-        words.add(
-            "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(syllables))
-        )
+        words.add("".join(
+            rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(syllables)
+        ))
     return sorted(words)
 
 
