@@ -106,6 +106,10 @@ class Contender:
     def start(self, fleet: Fleet, tag: str) -> str:
         raise NotImplementedError
 
+    def metrics_url(self) -> str | None:
+        """The gateway's own Prometheus endpoint, when the report reads it."""
+        return None
+
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
@@ -183,6 +187,9 @@ class Corral(Contender):
         self.policy = policy
         self.name = f"corral-{policy}"
         self._tokenizer = tokenizer
+
+    def metrics_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.ports['admin']}/metrics"
 
     def config(self, fleet: Fleet) -> dict[str, object]:
         self.ports = {

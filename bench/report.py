@@ -171,6 +171,36 @@ def losses(table: Table, workloads: Iterable[str], margin: float = 0.05) -> list
     return lines
 
 
+def _timer_lines(runs: list[dict[str, Any]], workloads: list[str]) -> list[str]:
+    """Mean time ``corral serve`` spent tokenizing and picking, per workload."""
+    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for run in runs:
+        if run["contender"] != OURS:
+            continue
+        for name, value in (run.get("gateway_timers_ms") or {}).items():
+            cells[(run["workload"], name)].append(value)
+    if not cells:
+        return []
+    lines = [
+        f"## Inside corral serve ({OURS})",
+        "",
+        "Mean milliseconds per request from Corral's own histograms "
+        "(`corral_tokenize_seconds`, `corral_routing_decision_seconds`); the "
+        "rest of its added latency is the ext_proc exchange with Envoy.",
+        "",
+        "| workload | render + tokenize ms | routing decision ms |",
+        "|---|---|---|",
+    ]
+    for workload in workloads:
+        tok = cells.get((workload, "tokenize"))
+        dec = cells.get((workload, "decision"))
+        lines.append(
+            f"| {workload} | {_f(statistics.median(tok), 3) if tok else '-'} "
+            f"| {_f(statistics.median(dec), 3) if dec else '-'} |"
+        )
+    return [*lines, ""]
+
+
 def _loss_lines(table: Table, workloads: list[str]) -> list[str]:
     present = {c for _, c in table}
     if OURS not in present or THEIRS not in present:
@@ -261,6 +291,7 @@ def write_report(data: dict[str, Any], out_dir: Path) -> Path:
             "p90, are within the run-to-run noise of a shared 2-core machine.",
             "",
         ]
+    lines += _timer_lines(data["runs"], workloads)
     for workload in workloads:
         lines += [f"## {workload}", "", *_workload_table(table, workload, contenders),
                   ""]

@@ -28,7 +28,13 @@ from bench.contenders import Contender, Fleet, FleetSpec, build_contenders, envo
 from bench.machine import describe
 from bench.procs import ResourceSampler
 from bench.report import write_report
-from bench.stats import cache_counters, hit_rate_delta, summarize
+from bench.stats import (
+    cache_counters,
+    histogram_totals,
+    hit_rate_delta,
+    summarize,
+    timer_means_ms,
+)
 from bench.workloads import Workload, build_workloads
 
 logger = logging.getLogger("bench.run")
@@ -72,6 +78,18 @@ def _scrape(urls: list[str]) -> list[tuple[float, float] | None]:
             logger.warning("cannot read %s/metrics: %s", url, exc)
             out.append(None)
     return out
+
+
+def _gateway_timers(contender: Contender) -> dict[str, tuple[float, float]]:
+    url = contender.metrics_url()
+    if url is None:
+        return {}
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return histogram_totals(response.read().decode())
+    except OSError as exc:
+        logger.warning("cannot read %s: %s", url, exc)
+        return {}
 
 
 def _reset_caches(urls: list[str]) -> None:
@@ -120,9 +138,12 @@ def run_pair(
         asyncio.run(_warm_up(base_url))
         _reset_caches(fleet.urls)
         before = _scrape(fleet.urls)
+        timers_before = _gateway_timers(contender)
         with ResourceSampler(contender.processes) as sampler:
             run = asyncio.run(run_workload(base_url, MODEL, workload))
         after = _scrape(fleet.urls)
+        record["gateway_timers_ms"] = timer_means_ms(
+            timers_before, _gateway_timers(contender))
         summary = summarize(
             run.results, wall_s=run.wall_s, unsent=run.unsent,
             hit_rate=hit_rate_delta(before, after),

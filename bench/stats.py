@@ -147,3 +147,41 @@ def hit_rate_delta(
     if not seen or queries <= 0:
         return None
     return hits / queries
+
+
+# Histograms ``corral serve`` exports about its own work per request; the
+# report shows their mean over a run to split Corral's added latency.
+GATEWAY_TIMERS = {
+    "tokenize": "corral_tokenize_seconds",
+    "decision": "corral_routing_decision_seconds",
+}
+
+
+def histogram_totals(exposition: str) -> dict[str, tuple[float, float]]:
+    """Timer name -> (sum of seconds, count) over all label sets."""
+    wanted = {metric: name for name, metric in GATEWAY_TIMERS.items()}
+    totals: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(exposition):
+        name = wanted.get(family.name)
+        if name is None:
+            continue
+        total, count = 0.0, 0.0
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                total += float(sample.value)
+            elif sample.name.endswith("_count"):
+                count += float(sample.value)
+        totals[name] = (total, count)
+    return totals
+
+
+def timer_means_ms(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Timer name -> mean milliseconds per observation during the run."""
+    means = {}
+    for name, (total, count) in after.items():
+        start_total, start_count = before.get(name, (0.0, 0.0))
+        if count > start_count:
+            means[name] = 1000.0 * (total - start_total) / (count - start_count)
+    return means
