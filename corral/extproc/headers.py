@@ -8,6 +8,7 @@ from corral.pool.wire import (
     LB_NAMESPACE,
     POOL_HEADER,
     REQUEST_ID_HEADER,
+    STREAM_HEADER,
     STRIPPED_REQUEST_HEADERS,
     WORKER_HEADER,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "POOL_HEADER",
     "REQUEST_ID_HEADER",
     "RESPONSE_CODE",
+    "STREAM_HEADER",
     "STRIPPED_REQUEST_HEADERS",
     "UPSTREAM_ADDRESS",
     "WORKER_HEADER",

@@ -47,27 +47,28 @@ def set_headers(values: Iterable[tuple[str, str]]) -> list[HeaderValueOption]:
 
 
 def route(
-    endpoints: Iterable[str], pool: str, *, on_headers: bool
+    endpoints: Iterable[str], pool: str, *, on_headers: bool, stream: bool = False
 ) -> pb.ProcessingResponse:
     """The routing decision, as the wire contract fixes it.
 
     Request headers ``x-gateway-destination-endpoint`` (the ordered list),
     ``x-corral-pool`` and ``x-corral-cluster``, the same list in dynamic
     metadata ``envoy.lb`` (endpoint picker protocol), and ``clear_route_cache``
-    so that Envoy picks the route again, now by the pool headers. Sent on the request body, or on the
+    so that Envoy picks the route again, now by the pool headers;
+    ``x-corral-stream`` on streamed requests selects the routes whose retry
+    policy has a first-byte limit. Sent on the request body, or on the
     request headers when the request has no body.
     """
     destination = ",".join(endpoints)
+    values = [
+        (names.DESTINATION_HEADER, destination),
+        (names.POOL_HEADER, pool),
+        (names.CLUSTER_HEADER, pool_cluster_name(pool)),
+    ]
+    if stream:
+        values.append((names.STREAM_HEADER, "1"))
     common = pb.CommonResponse(
-        header_mutation=pb.HeaderMutation(
-            set_headers=set_headers(
-                (
-                    (names.DESTINATION_HEADER, destination),
-                    (names.POOL_HEADER, pool),
-                    (names.CLUSTER_HEADER, pool_cluster_name(pool)),
-                )
-            )
-        ),
+        header_mutation=pb.HeaderMutation(set_headers=set_headers(values)),
         clear_route_cache=True,
     )
     metadata = Struct()

@@ -248,7 +248,8 @@ class RequestStream:
             count,
         )
         return responses.route(
-            (w.address for w in workers), pool, on_headers=on_headers
+            (w.address for w in workers), pool, on_headers=on_headers,
+            stream=parsed.stream,
         )
 
     # -- response ---------------------------------------------------------------

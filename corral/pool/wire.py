@@ -21,6 +21,9 @@ POOL_HEADER = "x-corral-pool"
 CLUSTER_HEADER = "x-corral-cluster"
 """The pool's cluster name; one route sends any pool, configured or discovered,
 to the cluster it names (``cluster_header``)."""
+STREAM_HEADER = "x-corral-stream"
+"""Set by the picker on streamed requests: their routes carry a first-byte limit
+that would cut a long non-streamed generation."""
 WORKER_HEADER = "x-corral-worker"
 """Response header: the id of the worker that served."""
 REQUEST_ID_HEADER = "x-request-id"
@@ -30,6 +33,7 @@ STRIPPED_REQUEST_HEADERS = (
     SERVED_HEADER,
     POOL_HEADER,
     CLUSTER_HEADER,
+    STREAM_HEADER,
     WORKER_HEADER,
 )
 """Routing headers Envoy removes from client requests before ext_proc runs: only

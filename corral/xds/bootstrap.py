@@ -19,6 +19,7 @@ from corral.xds.names import (
     DESTINATION_HEADER,
     LB_METADATA_NAMESPACE,
     POOL_HEADER,
+    STREAM_HEADER,
     STRIPPED_REQUEST_HEADERS,
     pool_cluster_name,
 )
@@ -153,7 +154,7 @@ def _ext_proc_filter(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _retry_policy(settings: Settings) -> dict[str, Any]:
+def _retry_policy(settings: Settings, first_byte_s: float | None) -> dict[str, Any]:
     retry = settings.retry
     policy: dict[str, Any] = {
         "retry_on": "connect-failure,refused-stream,reset,retriable-status-codes",
@@ -183,26 +184,34 @@ def _retry_policy(settings: Settings) -> dict[str, Any]:
     # not per_try_timeout, so that a stream that keeps sending is never cut
     # however long it runs, and a stream that goes silent mid-way is ended after
     # first_byte_s rather than timeouts.idle_s.
-    policy["per_try_idle_timeout"] = _seconds(first_byte_timeout_s(settings))
+    if first_byte_s is not None:
+        policy["per_try_idle_timeout"] = _seconds(first_byte_s)
     if retry.per_try_timeout_s is not None:
         policy["per_try_timeout"] = _seconds(retry.per_try_timeout_s)
     return policy
 
 
-def first_byte_timeout_s(settings: Settings) -> float:
+def first_byte_timeout_s(settings: Settings, *, streaming: bool) -> float | None:
     """Seconds an attempt may go without any byte from the worker before Envoy
-    gives up on it: ``timeouts.first_byte_s``, else ``DEFAULT_FIRST_BYTE_S``.
+    gives up on it and tries the next worker.
 
-    A non-streamed answer sends its first byte only when it is complete, so for
-    those this also bounds the whole generation.
+    ``timeouts.first_byte_s`` when set. Unset, streamed requests get
+    ``DEFAULT_FIRST_BYTE_S`` (their first byte is the first token) and others get
+    none: a non-streamed answer sends its first byte only when the whole
+    generation is done, and a default must never cut a long generation.
     """
     first_byte = settings.timeouts.first_byte_s
-    return first_byte if first_byte is not None else DEFAULT_FIRST_BYTE_S
+    if first_byte is not None:
+        return first_byte
+    return DEFAULT_FIRST_BYTE_S if streaming else None
 
 
-def _pool_action(model: str | None, settings: Settings) -> dict[str, Any]:
+def _pool_action(
+    model: str | None, settings: Settings, *, streaming: bool = False
+) -> dict[str, Any]:
     """Route action to one pool's cluster, or (``model=None``) to the cluster the
-    picker names in ``x-corral-cluster``."""
+    picker names in ``x-corral-cluster``; ``streaming`` routes carry the
+    first-byte limit of streamed requests."""
     target: dict[str, Any] = (
         {"cluster": pool_cluster_name(model)}
         if model is not None
@@ -214,7 +223,9 @@ def _pool_action(model: str | None, settings: Settings) -> dict[str, Any]:
         # cuts SSE); the idle timeout catches stalled upstreams instead.
         "timeout": "0s",
         "idle_timeout": _seconds(settings.timeouts.idle_s),
-        "retry_policy": _retry_policy(settings),
+        "retry_policy": _retry_policy(
+            settings, first_byte_timeout_s(settings, streaming=streaming)
+        ),
     }
     if settings.timeouts.total_s is not None:
         action["max_stream_duration"] = {
@@ -234,28 +245,40 @@ def default_pool(settings: Settings) -> str | None:
 
 
 def _routes(settings: Settings) -> list[dict[str, Any]]:
-    routes = [
-        {
-            "name": f"pool_{pool_cluster_name(m.name)}",
-            "match": {
-                "prefix": "/",
-                "headers": [{"name": POOL_HEADER, "string_match": {"exact": m.name}}],
-            },
-            "route": _pool_action(m.name, settings),
-        }
+    """Per pool, a route for streamed requests (the picker sets
+    ``x-corral-stream``) and one for the rest; then the same pair for pools found
+    by discovery alone, which follow the cluster the picker names; then the
+    catch-all for requests the picker did not route (fail-open)."""
+    stream_match = {"name": STREAM_HEADER, "present_match": True}
+    targets: list[tuple[str, str | None, dict[str, Any]]] = [
+        (
+            f"pool_{pool_cluster_name(m.name)}",
+            m.name,
+            {"name": POOL_HEADER, "string_match": {"exact": m.name}},
+        )
         for m in settings.models
     ]
-    # Pools found by discovery alone (a model no configuration names) have no
-    # route above; the picker names their cluster and this route follows it.
-    # The header only ever comes from the picker: clients' copies are stripped.
-    routes.append(
-        {
-            "name": "discovered_pools",
-            "match": {"prefix": "/", "headers": [{"name": CLUSTER_HEADER,
-                                                   "present_match": True}]},
-            "route": _pool_action(None, settings),
-        }
+    # A model no configuration names has no route of its own; the picker names
+    # its cluster in x-corral-cluster (clients' copies are stripped).
+    targets.append(
+        ("discovered_pools", None, {"name": CLUSTER_HEADER, "present_match": True})
     )
+    routes: list[dict[str, Any]] = []
+    for name, model, match in targets:
+        routes.append(
+            {
+                "name": f"{name}_stream",
+                "match": {"prefix": "/", "headers": [match, stream_match]},
+                "route": _pool_action(model, settings, streaming=True),
+            }
+        )
+        routes.append(
+            {
+                "name": name,
+                "match": {"prefix": "/", "headers": [match]},
+                "route": _pool_action(model, settings),
+            }
+        )
     fallback = default_pool(settings)
     if fallback is not None:
         routes.append(

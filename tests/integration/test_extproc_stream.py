@@ -102,7 +102,9 @@ async def test_streamed_response_moves_charge_to_served_worker_and_releases_at_e
         await call.write(headers_message(chat_headers()))
         await call.read()
         await call.write(body_message(chat_body(stream=True)))
-        await call.read()
+        decision = await call.read()
+        # Streamed requests take the routes with a first-byte limit.
+        assert set_headers(decision.request_body.response)["x-corral-stream"] == "1"
         assert registry.load("127.0.0.1:9001").requests == 1
         await call.write(
             response_headers_message(

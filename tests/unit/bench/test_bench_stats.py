@@ -6,7 +6,14 @@ import pytest
 
 from bench.client import RequestResult
 from bench.report import added_latency, aggregate, goals, losses
-from bench.stats import cache_counters, hit_rate_delta, percentile, summarize
+from bench.stats import (
+    cache_counters,
+    histogram_totals,
+    hit_rate_delta,
+    percentile,
+    summarize,
+    timer_means_ms,
+)
 
 VLLM_METRICS = """\
 # HELP vllm:prefix_cache_queries_total Prefix cache queries.
@@ -139,3 +146,29 @@ def test_goals_state_reached_and_missed_with_the_numbers():
     lost = "\n".join(losses(table, ["multi_turn"]))
     assert "TTFT p50 70.00 vs 60.00" in lost
     assert "hit rate" in lost
+
+
+CORRAL_METRICS = """\
+# TYPE corral_tokenize_seconds histogram
+corral_tokenize_seconds_bucket{cache="miss",le="+Inf"} 3.0
+corral_tokenize_seconds_sum{cache="miss"} 0.003
+corral_tokenize_seconds_count{cache="miss"} 3.0
+corral_tokenize_seconds_bucket{cache="hit",le="+Inf"} 1.0
+corral_tokenize_seconds_sum{cache="hit"} 0.001
+corral_tokenize_seconds_count{cache="hit"} 1.0
+# TYPE corral_routing_decision_seconds histogram
+corral_routing_decision_seconds_bucket{policy="cache_aware",le="+Inf"} 4.0
+corral_routing_decision_seconds_sum{policy="cache_aware"} 0.0004
+corral_routing_decision_seconds_count{policy="cache_aware"} 4.0
+"""
+
+
+def test_gateway_timers_are_means_over_the_run_across_label_sets():
+    after = histogram_totals(CORRAL_METRICS)
+    assert after["tokenize"] == pytest.approx((0.004, 4.0))
+    before = {"tokenize": (0.002, 2.0)}
+    means = timer_means_ms(before, after)
+    # (4 ms - 2 ms) over (4 - 2) observations; decisions had no earlier reading.
+    assert means["tokenize"] == pytest.approx(1.0)
+    assert means["decision"] == pytest.approx(0.1)
+    assert timer_means_ms(after, after) == {}

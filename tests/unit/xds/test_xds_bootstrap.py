@@ -42,7 +42,7 @@ def test_filters_run_strip_then_ext_proc_then_router() -> None:
                filters[0]["typed_config"]["mutations"]["request_mutations"]]
     assert set(removed) == {
         "x-gateway-destination-endpoint", "x-gateway-destination-endpoint-served",
-        "x-corral-pool", "x-corral-cluster", "x-corral-worker",
+        "x-corral-pool", "x-corral-cluster", "x-corral-stream", "x-corral-worker",
     }
     ext_proc = filters[1]["typed_config"]
     assert ext_proc["processing_mode"]["request_body_mode"] == "BUFFERED"
@@ -64,20 +64,31 @@ def test_one_route_per_pool_then_catch_all_to_the_only_pool() -> None:
 
 
 def test_first_byte_timeout_is_a_retried_per_try_idle_timeout() -> None:
-    default = _routes(render_bootstrap(parse_settings({"models": [{"name": "m"}]})))
-    policy = default[0]["route"]["retry_policy"]
+    default = {r["name"]: r for r in _routes(
+        render_bootstrap(parse_settings({"models": [{"name": "m"}]})))}
+    streamed = default["pool_corral_pool_m_stream"]
+    assert {"name": "x-corral-stream", "present_match": True} in (
+        streamed["match"]["headers"])
+    policy = streamed["route"]["retry_policy"]
     assert policy["per_try_idle_timeout"] == "60s"
     assert "per_try_timeout" not in policy
     # The ended attempt is retried as a reset (router docs, x-envoy-retry-on).
     assert "reset" in policy["retry_on"].split(",")
+    # A non-streamed answer's first byte comes when generation ends: no default
+    # limit there, or a long generation would be cut.
+    plain = default["pool_corral_pool_m"]["route"]["retry_policy"]
+    assert "per_try_idle_timeout" not in plain
+    assert "per_try_idle_timeout" not in default["default_pool"]["route"]["retry_policy"]
     tuned = parse_settings({
         "models": [{"name": "m"}],
         "timeouts": {"first_byte_s": 2.5},
         "retry": {"per_try_timeout_s": 90},
     })
-    policy = _routes(render_bootstrap(tuned))[0]["route"]["retry_policy"]
-    assert policy["per_try_idle_timeout"] == "2.5s"
-    assert policy["per_try_timeout"] == "90s"
+    for route in _routes(render_bootstrap(tuned)):
+        if "route" in route:
+            policy = route["route"]["retry_policy"]
+            assert policy["per_try_idle_timeout"] == "2.5s"
+            assert policy["per_try_timeout"] == "90s"
 
 
 def test_catch_all_without_a_default_pool_is_a_json_503() -> None:
