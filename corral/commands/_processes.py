@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -34,21 +34,42 @@ def _die_with_parent() -> None:
 
 
 class Child:
-    """One started process with a name for messages."""
+    """One started process with a name for messages; ``restart()`` starts the
+    same command again after it exited."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path | None,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
+        self.env = dict(env) if env is not None else None
+        self.restarts = 0
         self._log = open(log_path, "ab") if log_path else None  # noqa: SIM115
-        self.process = subprocess.Popen(
+        self.process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=self._log if self._log else None,
             stderr=subprocess.STDOUT if self._log else None,
             start_new_session=True,
             preexec_fn=_die_with_parent,
+            env=self.env,
         )
-        logger.debug("started %s (pid %d): %s", name, self.process.pid, " ".join(argv))
+        logger.debug("started %s (pid %d): %s", self.name, process.pid, self.argv)
+        return process
+
+    def restart(self) -> None:
+        if self.process.poll() is None:
+            raise RuntimeError(f"{self.name} is still running")
+        self.restarts += 1
+        self.process = self._spawn()
 
     @property
     def pid(self) -> int:

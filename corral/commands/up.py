@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -21,6 +23,7 @@ import yaml
 
 from corral.commands._processes import Child, corral_argv, wait_http_ok
 from corral.config import ModelConfig, Settings, load_config, parse_settings
+from corral.config.settings import ENV_PREFIX
 from corral.envoy_binary import find_envoy
 from corral.observability.logs import configure_logging
 from corral.xds.bootstrap import render_bootstrap
@@ -74,6 +77,34 @@ def _needs_simulated_workers(settings: Settings) -> bool:
     )
 
 
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _check_ports(settings: Settings, sim_ports: range) -> None:
+    """Refuse to start over someone else's listener: a health check answered by
+    another process would make the stack look ready and route to strangers."""
+    wanted = [
+        ("gateway", settings.envoy.listen.host, settings.envoy.listen.port),
+        ("envoy admin", settings.envoy.admin.host, settings.envoy.admin.port),
+        ("control plane gRPC", settings.grpc.host, settings.grpc.port),
+        ("admin API", settings.admin.host, settings.admin.port),
+        *(("simulated worker", "127.0.0.1", port) for port in sim_ports),
+    ]
+    busy = [f"{what} {host}:{port}" for what, host, port in wanted
+            if port and _port_in_use(host, port)]
+    if busy:
+        raise RuntimeError(
+            "ports already in use: " + ", ".join(busy)
+            + " (choose others with --port, --sim-port or --config)"
+        )
+
+
 class _Stop(Exception):
     pass
 
@@ -82,48 +113,108 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
+def _print_banner(settings: Settings, log_dir: Path) -> None:
+    admin = f"http://{settings.admin}"
+    print(f"Corral gateway:  http://{settings.envoy.listen}/v1", flush=True)
+    print(f"  admin API:     {admin}/workers", flush=True)
+    print(f"  metrics:       {admin}/metrics", flush=True)
+    print(f"  envoy admin:   http://{settings.envoy.admin}", flush=True)
+    for worker in settings.workers:
+        print(f"  worker:        {worker.url} ({worker.model})", flush=True)
+    print(f"  logs:          {log_dir}", flush=True)
+    print("Press Ctrl-C to stop.", flush=True)
+
+
+def _supervise(envoy: Child, serve: Child, others: list[Child], log_dir: Path) -> int:
+    """Watch the children until Envoy exits (the gateway is gone: stop) or a
+    signal arrives. A simulated worker that exits stays down, as a crashed
+    engine would (health checks take it out of rotation). The control plane is
+    restarted: meanwhile Envoy keeps routing within each pool (fail-open)."""
+    reported: set[int] = set()
+    while True:
+        if envoy.exited() is not None:
+            print(
+                f"corral up: envoy exited with status {envoy.exited()}; stopping "
+                f"(see {log_dir})",
+                file=sys.stderr,
+            )
+            return 1
+        status = serve.exited()
+        if status is not None:
+            print(
+                f"corral up: control plane exited with status {status}; restarting "
+                "(Envoy keeps routing meanwhile)",
+                file=sys.stderr, flush=True,
+            )
+            time.sleep(min(5.0, 0.5 * 2 ** min(serve.restarts, 4)))
+            serve.restart()
+        for child in others:
+            if child.exited() is not None and child.pid not in reported:
+                reported.add(child.pid)
+                print(
+                    f"corral up: {child.name} exited with status {child.exited()}",
+                    file=sys.stderr, flush=True,
+                )
+        time.sleep(0.2)
+
+
 def run(args: argparse.Namespace) -> int:
     configure_logging("INFO")
     settings = load_config(args.config)
     data = _with_overrides(settings, args)
+    # Secrets travel to the control plane in its environment, never on disk.
+    token = data.pop("admin_token", None)
+    env = dict(os.environ)
+    if token:
+        env[f"{ENV_PREFIX}ADMIN_TOKEN"] = token
     workdir = Path(tempfile.mkdtemp(prefix="corral-up-"))
     log_dir = args.log_dir or workdir
     log_dir.mkdir(parents=True, exist_ok=True)
+    sim_ports = (
+        range(args.sim_port, args.sim_port + max(1, args.workers))
+        if _needs_simulated_workers(settings)
+        else range(0)
+    )
     children: list[Child] = []
     previous = {
         sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        if _needs_simulated_workers(settings):
+        _check_ports(parse_settings(data, environ={}), sim_ports)
+        sims: list[Child] = []
+        if sim_ports:
             model = data["models"][0]
-            first, count = args.sim_port, max(1, args.workers)
-            sims = Child(
-                "simulated workers",
-                corral_argv(
-                    "sim", "--workers", str(count), "--port", str(first),
-                    "--model", model["name"], "--tokenizer", model["tokenizer"],
-                    "--time-scale", str(args.sim_time_scale),
-                    "--max-model-len", str(args.sim_max_model_len),
-                ),
-                log_dir / "sim.log",
-            )
-            children.append(sims)
+            for port in sim_ports:
+                sims.append(
+                    Child(
+                        f"simulated worker 127.0.0.1:{port}",
+                        corral_argv(
+                            "sim", "--port", str(port),
+                            "--model", model["name"], "--tokenizer", model["tokenizer"],
+                            "--time-scale", str(args.sim_time_scale),
+                            "--max-model-len", str(args.sim_max_model_len),
+                        ),
+                        log_dir / f"sim-{port}.log",
+                    )
+                )
+            children.extend(sims)
             data["workers"] = [
                 {"url": f"http://127.0.0.1:{port}", "model": model["name"]}
-                for port in range(first, first + count)
+                for port in sim_ports
             ]
-            for port in range(first, first + count):
+            for port, sim in zip(sim_ports, sims, strict=True):
                 wait_http_ok(
                     f"http://127.0.0.1:{port}/health",
-                    timeout_s=STARTUP_TIMEOUT_S, child=sims,
+                    timeout_s=STARTUP_TIMEOUT_S, child=sim,
                 )
-        effective = parse_settings(data)
+        effective = parse_settings(data, environ={})
         config_path = workdir / "corral.yaml"
+        config_path.touch(mode=0o600)
         config_path.write_text(yaml.safe_dump(data, sort_keys=False))
 
         serve = Child(
             "control plane", corral_argv("serve", "--config", str(config_path)),
-            log_dir / "corral.log",
+            log_dir / "corral.log", env=env,
         )
         children.append(serve)
         admin = f"http://{effective.admin}"
@@ -146,26 +237,8 @@ def run(args: argparse.Namespace) -> int:
         wait_http_ok(f"{envoy_admin}/ready", timeout_s=STARTUP_TIMEOUT_S, child=envoy)
         wait_http_ok(f"{admin}/readyz", timeout_s=STARTUP_TIMEOUT_S, child=serve)
 
-        gateway = f"http://{effective.envoy.listen}"
-        print(f"Corral gateway:  {gateway}/v1", flush=True)
-        print(f"  admin API:     {admin}/workers", flush=True)
-        print(f"  metrics:       {admin}/metrics", flush=True)
-        print(f"  envoy admin:   {envoy_admin}", flush=True)
-        for worker in effective.workers:
-            print(f"  worker:        {worker.url} ({worker.model})", flush=True)
-        print(f"  logs:          {log_dir}", flush=True)
-        print("Press Ctrl-C to stop.", flush=True)
-        while True:
-            for child in children:
-                status = child.exited()
-                if status is not None:
-                    print(
-                        f"corral up: {child.name} exited with status {status}; "
-                        f"stopping (see {log_dir})",
-                        file=sys.stderr,
-                    )
-                    return 1
-            time.sleep(0.2)
+        _print_banner(effective, log_dir)
+        return _supervise(envoy, serve, sims, log_dir)
     except _Stop:
         return 0
     except RuntimeError as exc:

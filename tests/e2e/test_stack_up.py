@@ -229,3 +229,104 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+def _children(stack: Stack) -> dict[str, list[str]]:
+    """Command line of each child of corral up, keyed by what it runs."""
+    found: dict[str, list[str]] = {}
+    listing = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(stack.process.pid)],
+        capture_output=True, text=True, check=False,
+    ).stdout
+    for pid in listing.split():
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        argv = [a.decode() for a in raw.split(b"\0") if a]
+        argv.insert(0, pid)
+        if "serve" in argv:
+            found["serve"] = argv
+        elif "sim" in argv:
+            found[f"sim:{argv[argv.index('--port') + 1]}"] = argv
+        elif any("envoy" in a for a in argv):
+            found["envoy"] = argv
+    return found
+
+
+def test_a_dead_worker_or_control_plane_does_not_take_the_stack_down(
+    tmp_path: Path,
+) -> None:
+    stack = start_stack(tmp_path, workers=2)
+    try:
+        pids = {name: int(argv[0]) for name, argv in _children(stack).items()}
+        os.kill(pids[f"sim:{stack.sim_ports[0]}"], signal.SIGKILL)
+        os.kill(pids["serve"], signal.SIGKILL)
+        survivor = f"127.0.0.1:{stack.sim_ports[1]}"
+        served: list[str] = []
+        deadline = time.monotonic() + 30
+        with httpx.Client(base_url=stack.gateway, timeout=30) as http:
+            while time.monotonic() < deadline and len(served) < 10:
+                response = http.post("/v1/completions", json={
+                    "model": MODEL, "prompt": f"still up {len(served)}",
+                    "max_tokens": 1})
+                assert response.status_code == 200, response.text
+                served.append(response.headers.get("x-corral-worker", "fail-open"))
+        assert len(served) == 10
+        # The control plane came back (a new pid) and routes again.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            restarted = _children(stack).get("serve")
+            if restarted and int(restarted[0]) != pids["serve"]:
+                try:
+                    workers = stack.workers()
+                except httpx.HTTPError:
+                    workers = []
+                states = {w["id"]: w["state"] for w in workers}
+                if states.get(survivor) == "ready":
+                    break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"control plane did not come back: {stack.output}")
+        assert stack.process.poll() is None
+    finally:
+        assert stack.stop() == 0
+
+
+def test_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "corral", "up", "--workers", "1",
+             "--sim-port", str(port), "--port", str(free_port()),
+             "--log-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+    finally:
+        taken.close()
+    assert run.returncode == 1
+    assert f"simulated worker 127.0.0.1:{port}" in run.stderr
+    assert "Corral gateway" not in run.stdout
+
+
+def test_admin_token_is_never_written_to_disk(tmp_path: Path) -> None:
+    secret = "s3cret-token-for-test"
+    stack = start_stack(tmp_path, workers=1, extra={"admin_token": secret})
+    try:
+        assert httpx.get(f"{stack.admin}/workers", timeout=5).status_code == 401
+        authorized = httpx.get(
+            f"{stack.admin}/workers", timeout=5,
+            headers={"authorization": f"Bearer {secret}"},
+        )
+        assert authorized.status_code == 200
+        serve = _children(stack)["serve"]
+        config = Path(serve[serve.index("--config") + 1])
+        assert config.is_file()
+        assert secret not in config.read_text()
+    finally:
+        stack.stop()
