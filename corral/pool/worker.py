@@ -96,6 +96,13 @@ def parse_worker_url(url: str) -> tuple[str, str, int]:
         raise InvalidRequest(f"invalid worker url {url!r}: no host", param="url")
     if port is None:
         port = 443 if parts.scheme == "https" else 80
+    if parts.username is not None or parts.password is not None:
+        # Envoy would not send them, and they would show in logs and listings.
+        raise InvalidRequest(
+            f"invalid worker url: credentials in the URL are not supported "
+            f"({parts.scheme}://{host}:{port})",
+            param="url",
+        )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise InvalidRequest(
             f"invalid worker url {url!r}: a path, query or fragment is not allowed",

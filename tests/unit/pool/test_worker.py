@@ -1,0 +1,45 @@
+import pytest
+
+from corral.errors import InvalidRequest
+from corral.pool import make_worker, parse_worker_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        pytest.param("http://127.0.0.1:8000", ("http://127.0.0.1:8000", "127.0.0.1", 8000),
+                     id="plain"),
+        pytest.param("127.0.0.1:8001", ("http://127.0.0.1:8001", "127.0.0.1", 8001),
+                     id="no-scheme"),
+        pytest.param("http://[::1]:9000/", ("http://[::1]:9000", "::1", 9000), id="ipv6"),
+        pytest.param("http://10.0.0.5", ("http://10.0.0.5:80", "10.0.0.5", 80),
+                     id="default-port"),
+    ],
+)
+def test_worker_urls_are_normalised(url, expected):
+    assert parse_worker_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        pytest.param("", "non-empty", id="empty"),
+        pytest.param("ftp://127.0.0.1:21", "scheme", id="scheme"),
+        pytest.param("http://127.0.0.1:99999", "Port out of range", id="port-range"),
+        pytest.param("http://127.0.0.1:8000/v1", "path", id="path"),
+        pytest.param("http://user:secret@127.0.0.1:8000", "credentials", id="userinfo"),
+        pytest.param("http://:8000", "no host", id="no-host"),
+    ],
+)
+def test_bad_worker_urls_are_refused_naming_the_problem(url, problem):
+    with pytest.raises(InvalidRequest) as caught:
+        parse_worker_url(url)
+    assert problem in caught.value.message
+    assert "secret" not in caught.value.message
+
+
+def test_worker_address_brackets_ipv6_and_id_defaults_to_it():
+    worker = make_worker("http://[::1]:9000", models=("m",))
+    assert worker.address == "[::1]:9000"
+    assert worker.id == "[::1]:9000"
+    assert worker.serves("m") and not worker.ready
