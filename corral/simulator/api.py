@@ -33,9 +33,10 @@ logger = logging.getLogger(__name__)
 EMBEDDING_DIM = 32
 
 
-def _check_length(
+def check_length(
     worker: SimWorker, prompt: Sequence[int], params: SamplingParams
 ) -> None:
+    """Raise ``InvalidRequest`` when prompt plus answer cannot fit the window."""
     # vLLM rejects what cannot fit the context window before scheduling it.
     limit = worker.config.max_model_len
     wanted = len(prompt) + (params.max_tokens or 0)
@@ -48,12 +49,14 @@ def _check_length(
         )
 
 
-def _steps(
+def run_steps(
     worker: SimWorker,
     prompts: list[list[int]],
     params: SamplingParams,
     outcomes: list[Outcome],
 ) -> AsyncGenerator[list[Delta], None]:
+    """The merged engine steps of ``prompts``, each with ``params.n`` choices;
+    ``outcomes`` (one per prompt) fill in as tokens come."""
     assert worker.vocab is not None
     sources = [
         run_prompt(
@@ -78,9 +81,10 @@ def _total(outcomes: list[Outcome]) -> Outcome:
     )
 
 
-async def _collect(
+async def collect(
     steps: AsyncGenerator[list[Delta], None], count: int
 ) -> tuple[list[str], list[str]]:
+    """Run ``steps`` to the end: each choice's text and finish reason."""
     texts = [""] * count
     reasons = ["stop"] * count
     async with aclosing(steps):
@@ -110,12 +114,12 @@ async def chat_completions(
     # vLLM encodes a rendered chat without adding special tokens: the template
     # already wrote them.
     prompt = worker.tokenizer.encode(text, add_special_tokens=False)
-    _check_length(worker, prompt, params)
+    check_length(worker, prompt, params)
     outcomes = [Outcome(prompt_tokens=len(prompt))]
-    steps = _steps(worker, [prompt], params, outcomes)
+    steps = run_steps(worker, [prompt], params, outcomes)
     rid, created = p.new_id("chatcmpl"), p.now()
     if not stream:
-        texts, reasons = await _collect(steps, params.n)
+        texts, reasons = await collect(steps, params.n)
         return web.json_response(
             {
                 "id": rid,
@@ -212,13 +216,13 @@ async def completions(
         for x in raw_prompts
     ]
     for prompt in prompts:
-        _check_length(worker, prompt, params)
+        check_length(worker, prompt, params)
     outcomes = [Outcome(prompt_tokens=len(x)) for x in prompts]
-    steps = _steps(worker, prompts, params, outcomes)
+    steps = run_steps(worker, prompts, params, outcomes)
     rid, created = p.new_id("cmpl"), p.now()
     count = len(prompts) * params.n
     if not stream:
-        texts, reasons = await _collect(steps, count)
+        texts, reasons = await collect(steps, count)
         return web.json_response(
             {
                 "id": rid,
@@ -336,9 +340,9 @@ async def generate(
         ignore_eos=p.opt_bool(sp, "ignore_eos"),
     )
     stream = p.opt_bool(body, "stream")
-    _check_length(worker, prompt, params)
+    check_length(worker, prompt, params)
     outcome = Outcome(prompt_tokens=len(prompt))
-    steps = _steps(worker, [prompt], params, [outcome])
+    steps = run_steps(worker, [prompt], params, [outcome])
     rid = p.new_id("gen")[4:]
 
     def result(so_far: str, finish: Delta | None) -> dict[str, Any]:

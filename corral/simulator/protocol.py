@@ -45,8 +45,10 @@ def error_body(status: int, message: str, param: str | None = None) -> dict[str,
     }
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(16)}"
+def new_id(prefix: str, sep: str = "-") -> str:
+    """A random id: ``chatcmpl-<hex>`` for OpenAI objects; the Responses API and
+    Anthropic join with ``_`` (``resp_<hex>``, ``msg_<hex>``)."""
+    return f"{prefix}{sep}{secrets.token_hex(16)}"
 
 
 def now() -> int:

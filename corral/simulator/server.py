@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from corral.errors import GatewayError, InvalidRequest, ModelNotFound
-from corral.simulator import api
+from corral.simulator import anthropic, api, rerank, responses_api, tokens
 from corral.simulator.config import FaultConfig, SimConfig
 from corral.simulator.engine import Engine
 from corral.simulator.metrics import CONTENT_TYPE, SimMetrics
@@ -115,6 +115,15 @@ class SimWorker:
             web.post("/v1/chat/completions", self._guarded(api.chat_completions)),
             web.post("/v1/completions", self._guarded(api.completions)),
             web.post("/v1/embeddings", self._guarded(api.embeddings)),
+            # vLLM serves these; the SGLang simulator answers them too, in the
+            # same shapes, so that a pool of either kind serves every endpoint
+            # the gateway routes.
+            web.post("/v1/responses", self._guarded(responses_api.responses)),
+            web.post(anthropic.PATH, self._guarded(anthropic.messages)),
+            web.post("/rerank", self._guarded(rerank.rerank)),
+            web.post("/v1/rerank", self._guarded(rerank.rerank)),
+            web.post("/tokenize", self._plain(tokens.tokenize)),
+            web.post("/detokenize", self._plain(tokens.detokenize)),
             web.get("/v1/models", self._models),
             web.get("/health", self._health),
             web.get("/metrics", self._metrics),
@@ -144,20 +153,22 @@ class SimWorker:
     async def _errors(
         self, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
-        # The one place where errors become answers, in the engine's format.
+        # The one place where errors become answers, in the engine's format
+        # (Anthropic's envelope on the Anthropic path).
+        render = _anthropic_error if request.path == anthropic.PATH else _error
         try:
             return await handler(request)
         except GatewayError as exc:
-            return _error(exc.status, exc.message, exc.param)
+            return render(exc.status, exc.message, exc.param)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return _error(exc.status, exc.reason)
+            return render(exc.status, exc.reason)
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception:
             logger.exception("worker %s: unexpected error on %s", self.id, request.path)
-            return _error(500, "internal error in the simulator")
+            return render(500, "internal error in the simulator")
 
     def _guarded(
         self,
@@ -171,6 +182,18 @@ class SimWorker:
             return await handler(self, request, body)
 
         return guarded
+
+    def _plain(
+        self,
+        handler: Callable[
+            [SimWorker, web.Request, dict[str, Any]], Awaitable[web.StreamResponse]
+        ],
+    ) -> Handler:
+        # Tokenizer endpoints do no generation, so generation faults skip them.
+        async def plain(request: web.Request) -> web.StreamResponse:
+            return await handler(self, request, await read_json(request))
+
+        return plain
 
     async def _inject_faults(self) -> None:
         self._requests += 1
@@ -288,3 +311,10 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 def _error(status: int, message: str, param: str | None = None) -> web.Response:
     return web.json_response(error_body(status, message, param), status=status)
+
+
+def _anthropic_error(
+    status: int, message: str, param: str | None = None
+) -> web.Response:
+    del param  # Anthropic's envelope has no parameter field
+    return web.json_response(anthropic.error_body(status, message), status=status)

@@ -23,14 +23,27 @@ def sse(event: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
+def named_sse(event: dict[str, Any]) -> bytes:
+    """One SSE event with an ``event:`` line naming its ``type``, as the
+    Responses API and Anthropic's Messages API stream them
+    (https://html.spec.whatwg.org/multipage/server-sent-events.html)."""
+    data = json.dumps(event, separators=(",", ":")).encode()
+    return b"event: " + str(event["type"]).encode() + b"\ndata: " + data + b"\n\n"
+
+
 async def write_sse(
     request: web.Request,
     events: AsyncGenerator[dict[str, Any], None],
     *,
     drop_after: int | None,
+    named: bool = False,
 ) -> web.StreamResponse:
     """Stream ``events`` then ``[DONE]``; with ``drop_after`` set, cut the
-    connection after that many events instead (a worker dying mid-answer)."""
+    connection after that many events instead (a worker dying mid-answer).
+
+    ``named`` streams write each event under its ``type`` and end without
+    ``[DONE]``: their last event says the answer is complete.
+    """
     response = web.StreamResponse(
         headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
     )
@@ -41,12 +54,13 @@ async def write_sse(
             if drop_after is not None and sent >= drop_after:
                 _drop(request)
                 return response
-            await response.write(sse(event))
+            await response.write(named_sse(event) if named else sse(event))
             sent += 1
     if drop_after is not None and sent >= drop_after:
         _drop(request)
         return response
-    await response.write(DONE)
+    if not named:
+        await response.write(DONE)
     await response.write_eof()
     return response
 
