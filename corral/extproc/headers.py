@@ -19,6 +19,12 @@ EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 UPSTREAM_ADDRESS = "upstream.address"
 RESPONSE_CODE = "response.code"
 
+SUBSET_NAMESPACE = "envoy.lb.subset_hint"
+"""Filter metadata namespace in which a mesh narrows the endpoints the picker
+may choose (endpoint picker protocol, "subset hint")."""
+SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+"""Key in ``SUBSET_NAMESPACE``: a list of ``ip:port`` strings."""
+
 __all__ = [
     "CLUSTER_HEADER",
     "DESTINATION_HEADER",
@@ -30,6 +36,8 @@ __all__ = [
     "RESPONSE_CODE",
     "STREAM_HEADER",
     "STRIPPED_REQUEST_HEADERS",
+    "SUBSET_KEY",
+    "SUBSET_NAMESPACE",
     "UPSTREAM_ADDRESS",
     "WORKER_HEADER",
 ]

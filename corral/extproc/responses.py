@@ -1,8 +1,11 @@
 """Builders for the ``ProcessingResponse`` messages the server sends to Envoy.
 
 Protocol: https://www.envoyproxy.io/docs/envoy/v1.40.0/api-v3/service/ext_proc/v3/external_processor.proto
-Every request message Envoy sends is answered by exactly one response of the
-matching phase (or by an ``ImmediateResponse``, which ends the HTTP exchange).
+With Corral's own body modes (request BUFFERED, response STREAMED) every
+request message Envoy sends is answered by exactly one response of the matching
+phase (or by an ``ImmediateResponse``, which ends the HTTP exchange); in
+FULL_DUPLEX_STREAMED mode the answers are built by ``duplex_request`` and
+``duplex_response_body``.
 Header values are written to ``raw_value``: Envoy sends and accepts header
 values as raw bytes.
 """
@@ -10,6 +13,7 @@ values as raw bytes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -21,6 +25,11 @@ from corral.extproc import headers as names
 from corral.pool.wire import pool_cluster_name
 
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+STREAMED_CHUNK_BYTES = 62_000
+"""Largest body chunk re-sent in FULL_DUPLEX_STREAMED mode. Envoy recommends at
+most 64 KiB per streamed response; some Envoy-based proxies cap chunks there, so
+this keeps clear of the limit (the value GIE's endpoint picker uses)."""
 
 # Constant answers, built once: grpc serialises a message on every write, so
 # sharing these read-only objects between streams is safe.
@@ -46,26 +55,33 @@ def set_headers(values: Iterable[tuple[str, str]]) -> list[HeaderValueOption]:
     ]
 
 
-def route(
-    endpoints: Iterable[str], pool: str, *, on_headers: bool, stream: bool = False
-) -> pb.ProcessingResponse:
-    """The routing decision, as the wire contract fixes it.
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A routing decision: the ordered destination list and the request's pool."""
+
+    endpoints: tuple[str, ...]
+    pool: str
+    stream: bool = False
+
+
+def route_parts(decision: Route) -> tuple[pb.CommonResponse, Struct]:
+    """The decision as the wire contract fixes it, in either body mode.
 
     Request headers ``x-gateway-destination-endpoint`` (the ordered list),
     ``x-corral-pool`` and ``x-corral-cluster``, the same list in dynamic
-    metadata ``envoy.lb`` (endpoint picker protocol), and ``clear_route_cache``
-    so that Envoy picks the route again, now by the pool headers;
-    ``x-corral-stream`` on streamed requests selects the routes whose retry
-    policy has a first-byte limit. Sent on the request body, or on the
-    request headers when the request has no body.
+    metadata ``envoy.lb`` (the endpoint picker protocol requires header and
+    metadata to carry the same value), and ``clear_route_cache`` so that Envoy
+    picks the route again, now by the pool headers; ``x-corral-stream`` on
+    streamed requests selects the routes whose retry policy has a first-byte
+    limit.
     """
-    destination = ",".join(endpoints)
+    destination = ",".join(decision.endpoints)
     values = [
         (names.DESTINATION_HEADER, destination),
-        (names.POOL_HEADER, pool),
-        (names.CLUSTER_HEADER, pool_cluster_name(pool)),
+        (names.POOL_HEADER, decision.pool),
+        (names.CLUSTER_HEADER, pool_cluster_name(decision.pool)),
     ]
-    if stream:
+    if decision.stream:
         values.append((names.STREAM_HEADER, "1"))
     common = pb.CommonResponse(
         header_mutation=pb.HeaderMutation(set_headers=set_headers(values)),
@@ -75,6 +91,16 @@ def route(
     metadata.get_or_create_struct(names.LB_NAMESPACE)[names.DESTINATION_HEADER] = (
         destination
     )
+    return common, metadata
+
+
+def route(
+    endpoints: Iterable[str], pool: str, *, on_headers: bool, stream: bool = False
+) -> pb.ProcessingResponse:
+    """The routing decision in Corral's own contract (request body BUFFERED):
+    sent on the request body, or on the request headers when the request has
+    no body. See ``route_parts`` for what it carries."""
+    common, metadata = route_parts(Route(tuple(endpoints), pool, stream))
     if on_headers:
         return pb.ProcessingResponse(
             request_headers=pb.HeadersResponse(response=common),
@@ -83,6 +109,71 @@ def route(
     return pb.ProcessingResponse(
         request_body=pb.BodyResponse(response=common), dynamic_metadata=metadata
     )
+
+
+def duplex_request(
+    decision: Route | None, body: bytes, *, trailers: bool
+) -> list[pb.ProcessingResponse]:
+    """Every answer of a FULL_DUPLEX_STREAMED request, once its body is whole.
+
+    Envoy forwards nothing of a duplex request until the server answers, and
+    the answers must go headers, then body, then trailers
+    (https://www.envoyproxy.io/docs/envoy/v1.40.0/api-v3/extensions/filters/http/ext_proc/v3/processing_mode.proto):
+    the held ``HeadersResponse`` (with the decision, or unchanged when the
+    request passes through unrouted), then the body re-sent as
+    ``streamed_response`` chunks, which Envoy requires in this mode (a body not
+    re-sent reaches the upstream empty). Chunks hold at most
+    ``STREAMED_CHUNK_BYTES``. Exactly one chunk carries ``end_of_stream``, the
+    last, unless the request has trailers: then the ``TrailersResponse`` ends
+    the request and no chunk does.
+    """
+    if decision is None:
+        answers = [CONTINUE_REQUEST_HEADERS]
+    else:
+        common, metadata = route_parts(decision)
+        answers = [
+            pb.ProcessingResponse(
+                request_headers=pb.HeadersResponse(response=common),
+                dynamic_metadata=metadata,
+            )
+        ]
+    view = memoryview(body)
+    pieces = [
+        bytes(view[at : at + STREAMED_CHUNK_BYTES])
+        for at in range(0, len(body), STREAMED_CHUNK_BYTES)
+    ]
+    if not pieces and not trailers:
+        pieces = [b""]  # the end of the body must still be said, once
+    last = len(pieces) - 1
+    for index, piece in enumerate(pieces):
+        answers.append(
+            _streamed(piece, end_of_stream=index == last and not trailers, request=True)
+        )
+    if trailers:
+        answers.append(CONTINUE_REQUEST_TRAILERS)
+    return answers
+
+
+def duplex_response_body(data: bytes, *, end_of_stream: bool) -> pb.ProcessingResponse:
+    """A FULL_DUPLEX_STREAMED response chunk echoed unchanged, at once."""
+    return _streamed(data, end_of_stream=end_of_stream, request=False)
+
+
+def _streamed(
+    data: bytes, *, end_of_stream: bool, request: bool
+) -> pb.ProcessingResponse:
+    body = pb.BodyResponse(
+        response=pb.CommonResponse(
+            body_mutation=pb.BodyMutation(
+                streamed_response=pb.StreamedBodyResponse(
+                    body=data, end_of_stream=end_of_stream
+                )
+            )
+        )
+    )
+    if request:
+        return pb.ProcessingResponse(request_body=body)
+    return pb.ProcessingResponse(response_body=body)
 
 
 def response_headers(values: Mapping[str, str]) -> pb.ProcessingResponse:

@@ -41,6 +41,7 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, Any]]:
 
     A BUFFERED request body arrives as one message, so the receive limit must
     hold ``max_body_bytes`` plus headroom (gRPC's default is 4 MiB).
+    FULL_DUPLEX_STREAMED bodies arrive and leave in chunks well below it.
     """
     limit = settings.limits.max_body_bytes + GRPC_HEADROOM_BYTES
     return [
@@ -124,8 +125,8 @@ class ExtProcServer:
                 request = await context.read()
                 if request is grpc.aio.EOF:
                     break
-                response = await stream.handle(request)
-                await context.write(response)
+                for response in await stream.respond(request):
+                    await context.write(response)
         except asyncio.CancelledError:
             # Envoy resets the gRPC stream when the HTTP stream ends, sometimes
             # even after a complete response (envoy.md Q5): close() decides from

@@ -1,6 +1,6 @@
 """One HTTP request's life on the ext_proc stream, phase by phase.
 
-Phases, in the order Envoy sends them with the contract's processing modes
+Phases, in the order Envoy sends them with Corral's own processing modes
 (request headers SEND, request body BUFFERED, response headers SEND, response
 body STREAMED, trailers SKIP):
 
@@ -21,6 +21,19 @@ body STREAMED, trailers SKIP):
 Every request message gets exactly one answer of its phase
 (https://www.envoyproxy.io/docs/envoy/v1.40.0/api-v3/service/ext_proc/v3/external_processor.proto),
 except after an immediate response, which ends the exchange.
+
+In FULL_DUPLEX_STREAMED mode (a mesh running Corral as its endpoint picker;
+``protocol_config`` on the first message says so, see ``modes``) answers are
+decoupled from messages: the request-headers answer is held while body chunks
+are collected (unanswered) to the end of the body (``end_of_stream`` or the
+request trailers); then the decision goes out as the headers answer, followed
+by the body re-sent in chunks and the trailers answer (``responses.
+duplex_request``). Response chunks are echoed back at once. After an immediate
+response nothing more is answered: Envoy may still deliver chunks it had in
+flight, and an answer to them would be a message out of order.
+
+The mesh may narrow the eligible endpoints with a subset hint and reports the
+endpoint that served in metadata; both are honoured in every mode.
 """
 
 from __future__ import annotations
@@ -40,10 +53,11 @@ from corral.errors import (
 )
 from corral.extproc import headers as names
 from corral.extproc import responses
-from corral.extproc.prompt import DEFAULT_ROUTING_CHARS
 from corral.extproc.context import ServerContext
 from corral.extproc.hooks import Release
+from corral.extproc.modes import BodyModes, served_endpoint, subset_hint
 from corral.extproc.observe import ResponseObserver
+from corral.extproc.prompt import DEFAULT_ROUTING_CHARS
 from corral.observability.metrics import (
     ABORTS,
     DECISION_SECONDS,
@@ -59,7 +73,7 @@ from corral.observability.metrics import (
 from corral.openai import models as model_answers
 from corral.openai.requests import Endpoint, ParsedRequest, endpoint_for, parse_request
 from corral.pool.worker import Worker
-from corral.routing.base import RoutingRequest
+from corral.routing.base import Candidate, RoutingRequest
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("corral.access")
@@ -68,6 +82,8 @@ MAX_WORKERS = 3
 """Primary plus fallbacks written into the destination list."""
 NO_WORKER = "none"
 UNKNOWN_MODEL = "unknown"
+_REQUEST_PHASES = frozenset({"request_headers", "request_body", "request_trailers"})
+_NOTHING: tuple[pb.ProcessingResponse, ...] = ()
 
 
 def _header_map(message: pb.HttpHeaders) -> dict[str, str]:
@@ -101,6 +117,11 @@ class RequestStream:
         self.status: int | None = None
         self.observer: ResponseObserver | None = None
         self.finished = False
+        self.modes: BodyModes | None = None
+        self.subset: frozenset[str] | None = None
+        self._subset_seen = False
+        self._ended = False
+        self._decided = False
         self._charged = False
         self._release_admission: Release | None = None
 
@@ -108,12 +129,39 @@ class RequestStream:
     def model_label(self) -> str:
         return self.pool or UNKNOWN_MODEL
 
-    async def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
-        """Answer one message from Envoy."""
+    async def respond(
+        self, request: pb.ProcessingRequest
+    ) -> Sequence[pb.ProcessingResponse]:
+        """Answer one message from Envoy with zero or more messages, in order.
+
+        In Corral's own modes that is always exactly one (``handle``); in
+        FULL_DUPLEX_STREAMED mode see the module notes.
+        """
+        modes = self.modes
+        if modes is None:
+            modes = self.modes = BodyModes.of(request)
+        if self._ended:
+            return _NOTHING
         phase = request.WhichOneof("request")
+        if modes.request_duplex and phase in _REQUEST_PHASES:
+            answers = await self._duplex_request(request, phase)
+        elif modes.response_duplex and phase == "response_body":
+            answers = [self._duplex_response_body(request.response_body)]
+        else:
+            answers = [await self.handle(request)]
+        if modes.any_duplex and answers and answers[-1].HasField("immediate_response"):
+            self._ended = True
+        return answers
+
+    async def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        """Answer one message from Envoy in Corral's own body modes."""
+        phase = request.WhichOneof("request")
+        if not self._subset_seen:
+            self._read_subset(request)
         try:
             if phase == "request_headers":
-                return await self._request_headers(request.request_headers)
+                answer = await self._request_headers(request.request_headers)
+                return answer or responses.CONTINUE_REQUEST_HEADERS
             if phase == "request_body":
                 return await self._request_body(request.request_body)
             if phase == "response_headers":
@@ -131,7 +179,18 @@ class RequestStream:
 
     # -- request ----------------------------------------------------------------
 
-    async def _request_headers(self, message: pb.HttpHeaders) -> pb.ProcessingResponse:
+    def _read_subset(self, request: pb.ProcessingRequest) -> None:
+        # The hint comes with the request's first message (Envoy forwards
+        # metadata on the request headers); later messages cannot change it.
+        if request.HasField("metadata_context"):
+            self._subset_seen = True
+            self.subset = subset_hint(request)
+
+    async def _request_headers(
+        self, message: pb.HttpHeaders
+    ) -> pb.ProcessingResponse | None:
+        """The answer to the request headers, or ``None`` when a body follows
+        and the headers pass unchanged (for now)."""
         self.headers = _header_map(message)
         self.request_id = self.headers.get(names.REQUEST_ID_HEADER)
         self.method = self.headers.get(":method", "")
@@ -148,10 +207,15 @@ class RequestStream:
                 f"{self.ctx.max_body_bytes} bytes"
             )
         if not message.end_of_stream:
-            return responses.CONTINUE_REQUEST_HEADERS
+            return None
         if self.endpoint is not Endpoint.OTHER and self.method == "POST":
             raise InvalidRequest("request body is empty; expected a JSON object")
-        return await self._decide(ParsedRequest(Endpoint.OTHER), on_headers=True)
+        decision = await self._decide(ParsedRequest(Endpoint.OTHER))
+        if decision is None:
+            return responses.CONTINUE_REQUEST_HEADERS
+        return responses.route(
+            decision.endpoints, decision.pool, on_headers=True, stream=decision.stream
+        )
 
     def _models_answer(self) -> pb.ProcessingResponse | None:
         model = model_answers.models_path_id(self.path)
@@ -167,31 +231,98 @@ class RequestStream:
         self._count(200)
         return responses.ok_json(body, self.request_id)
 
-    async def _request_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
-        self.body += message.body
+    def _collect(self, data: bytes) -> None:
+        self.body += data
         if len(self.body) > self.ctx.max_body_bytes:
             raise PayloadTooLarge(
                 f"request body exceeds the limit of {self.ctx.max_body_bytes} bytes"
             )
+
+    async def _request_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
+        self._collect(message.body)
         if not message.end_of_stream:
-            # Only in body modes other than the contract's BUFFERED: keep
-            # collecting; the decision needs the whole body.
+            # Only in the STREAMED body mode: keep collecting; the decision
+            # needs the whole body.
             return responses.CONTINUE_REQUEST_BODY
         parsed = parse_request(self.endpoint, bytes(self.body))
-        return await self._decide(parsed, on_headers=False)
+        decision = await self._decide(parsed)
+        if decision is None:
+            return responses.CONTINUE_REQUEST_BODY
+        return responses.route(
+            decision.endpoints, decision.pool, on_headers=False, stream=decision.stream
+        )
 
-    async def _decide(
-        self, parsed: ParsedRequest, *, on_headers: bool
-    ) -> pb.ProcessingResponse:
+    # -- request, FULL_DUPLEX_STREAMED -------------------------------------------
+
+    async def _duplex_request(
+        self, request: pb.ProcessingRequest, phase: str
+    ) -> Sequence[pb.ProcessingResponse]:
+        if not self._subset_seen:
+            self._read_subset(request)
+        try:
+            if phase == "request_headers":
+                answer = await self._request_headers(request.request_headers)
+                if answer is not None:
+                    self._decided = True
+                    return [answer]
+                return _NOTHING  # held until the body is whole
+            if self._decided:
+                # Trailers after a request decided on its headers: nothing
+                # else is held, so they are answered alone.
+                return (
+                    [responses.CONTINUE_REQUEST_TRAILERS]
+                    if phase == "request_trailers"
+                    else _NOTHING
+                )
+            if phase == "request_body":
+                message = request.request_body
+                self._collect(message.body)
+                if not message.end_of_stream:
+                    return _NOTHING
+                return await self._duplex_decide(trailers=False)
+            # Request trailers end a body that has them: Envoy then sends no
+            # end_of_stream on the body chunks.
+            return await self._duplex_decide(trailers=True)
+        except GatewayError as exc:
+            return [self._fail(exc)]
+
+    async def _duplex_decide(self, *, trailers: bool) -> list[pb.ProcessingResponse]:
+        self._decided = True
+        body = bytes(self.body)
+        decision = await self._decide(parse_request(self.endpoint, body))
+        self.body = bytearray()  # re-sent below; no need to hold two copies
+        return responses.duplex_request(decision, body, trailers=trailers)
+
+    # -- the decision -------------------------------------------------------------
+
+    def _eligible(self, pool: str) -> list[Candidate]:
+        """Ready, allowed workers of the pool, inside the mesh's subset hint."""
+        candidates = self.ctx.candidates(pool)
+        subset = self.subset
+        if subset is None:
+            if not candidates:
+                raise NoHealthyWorker(
+                    f"no healthy worker serves model `{pool}`", retry_after_s=1
+                )
+            return candidates
+        inside = [c for c in candidates if c.worker.address in subset]
+        if not inside:
+            # The protocol: a hint that leaves nothing eligible is a 503.
+            raise NoHealthyWorker(
+                f"no healthy worker of model `{pool}` is among the "
+                f"{len(subset)} endpoint(s) the proxy allowed",
+                retry_after_s=1,
+            )
+        return inside
+
+    async def _decide(self, parsed: ParsedRequest) -> responses.Route | None:
+        """Pick the workers and charge the primary; ``None`` when the request
+        names no model and there is no default pool: it then passes through
+        and Envoy's catch-all route decides."""
         ctx = self.ctx
         self.pool = pool = ctx.resolve(parsed.model, parsed.endpoint)
         if pool is None:
-            # No model and no default pool: Envoy's catch-all route decides.
-            return (
-                responses.CONTINUE_REQUEST_HEADERS
-                if on_headers
-                else responses.CONTINUE_REQUEST_BODY
-            )
+            return None
         policy = ctx.policy(pool)
         self.policy_name = policy.name
         prompt = ctx.tokenizer(pool)
@@ -218,11 +349,7 @@ class RequestStream:
             headers=self.headers,
         )
         self._release_admission = await ctx.admission.acquire(pool, routing)
-        candidates = ctx.candidates(pool)
-        if not candidates:
-            raise NoHealthyWorker(
-                f"no healthy worker serves model `{pool}`", retry_after_s=1
-            )
+        candidates = self._eligible(pool)
         began = time.perf_counter()
         decision = policy.pick(routing, candidates, MAX_WORKERS)
         DECISION_SECONDS.labels(self.policy_name).observe(time.perf_counter() - began)
@@ -247,9 +374,8 @@ class RequestStream:
             decision.reason,
             count,
         )
-        return responses.route(
-            (w.address for w in workers), pool, on_headers=on_headers,
-            stream=parsed.stream,
+        return responses.Route(
+            tuple(w.address for w in workers), pool, stream=parsed.stream
         )
 
     # -- response ---------------------------------------------------------------
@@ -259,7 +385,9 @@ class RequestStream:
         headers = _header_map(message)
         status = headers.get(":status", "")
         self.status = int(status) if status.isdigit() else None
-        served = self._served_address(request)
+        # The protocol's served-endpoint metadata when the mesh sends it, else
+        # the upstream.address attribute; both name the host after retries.
+        served = served_endpoint(request) or self._served_address(request)
         if served and self.worker_id is not None:
             self._follow(served)
         self.observer = ResponseObserver(self.started, headers.get("content-type", ""))
@@ -300,11 +428,21 @@ class RequestStream:
         )
 
     def _response_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
+        self._observe(message)
+        return responses.CONTINUE_RESPONSE_BODY
+
+    def _duplex_response_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
+        # Echoed at once, never held: a held chunk would stall the stream.
+        self._observe(message)
+        return responses.duplex_response_body(
+            message.body, end_of_stream=message.end_of_stream
+        )
+
+    def _observe(self, message: pb.HttpBody) -> None:
         if self.observer is not None and message.body:
             self.observer.chunk(message.body, time.monotonic())
         if message.end_of_stream:
             self._finish()
-        return responses.CONTINUE_RESPONSE_BODY
 
     # -- accounting -------------------------------------------------------------
 
