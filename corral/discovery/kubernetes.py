@@ -393,7 +393,9 @@ class KubernetesDiscovery:
         self._was_ready[view.key] = view.ready
         state = WorkerState.READY if view.ready else WorkerState.NOT_READY
         for worker in workers:
-            self._upsert(worker, state, readiness_changed)
+            # The pod's Ready condition is the source's verdict: a passing
+            # /health on an unready pod must not bring it back into rotation.
+            self._upsert(replace(worker, admitted=view.ready), state, readiness_changed)
         self._owned[view.key] = wanted
 
     def _upsert(self, worker: Worker, state: WorkerState, force_state: bool) -> None:

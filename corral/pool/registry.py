@@ -113,14 +113,23 @@ class WorkerRegistry:
         """Add a worker, or update one with the same id.
 
         An update keeps the current health state unless the address changed, in
-        which case the worker is probed again from PENDING.
+        which case the worker is probed again from PENDING. A worker its source
+        does not admit is NOT_READY; admitted again, it is probed from PENDING.
         """
         current = self._workers.get(worker.id)
         if current is not None:
             if current.address == worker.address:
                 worker = replace(worker, state=current.state)
-            if worker == current:
-                return current
+            if not current.admitted and worker.admitted:
+                if worker.state is WorkerState.NOT_READY:
+                    # Admitted again: probe afresh before it takes traffic.
+                    worker = replace(worker, state=WorkerState.PENDING)
+        if not worker.admitted and worker.state in (
+            WorkerState.READY, WorkerState.PENDING
+        ):
+            worker = replace(worker, state=WorkerState.NOT_READY)
+        if current is not None and worker == current:
+            return current
         self._workers[worker.id] = worker
         self._loads.setdefault(worker.id, WorkerLoad())
         if current is None:
@@ -138,6 +147,10 @@ class WorkerRegistry:
             return current
         if current.state is WorkerState.DRAINING and state is not WorkerState.DRAINING:
             # A draining worker only leaves; health results no longer move it.
+            return current
+        if state is WorkerState.READY and not current.admitted:
+            # Its source holds it out (a pod that is not Ready), whatever its
+            # health checks say.
             return current
         updated = replace(current, state=state)
         self._workers[worker_id] = updated

@@ -57,6 +57,9 @@ class Worker:
     state: WorkerState = WorkerState.PENDING
     source: str = "static"
     bootstrap_port: int | None = None
+    admitted: bool = True
+    """The source's own verdict (a Kubernetes pod's Ready condition). A worker
+    its source does not admit stays out of rotation whatever health checks say."""
 
     @property
     def address(self) -> str:

@@ -43,3 +43,23 @@ def test_worker_address_brackets_ipv6_and_id_defaults_to_it():
     assert worker.address == "[::1]:9000"
     assert worker.id == "[::1]:9000"
     assert worker.serves("m") and not worker.ready
+
+
+def test_a_worker_its_source_does_not_admit_never_turns_ready():
+    from dataclasses import replace
+
+    from corral.pool import WorkerRegistry, WorkerState
+
+    registry = WorkerRegistry(["m"])
+    worker = make_worker("http://127.0.0.1:9000", models=("m",))
+    registry.upsert(replace(worker, admitted=False))
+    assert registry.get(worker.id).state is WorkerState.NOT_READY
+    # A health check that passes does not override the source.
+    registry.set_state(worker.id, WorkerState.READY)
+    assert registry.get(worker.id).state is WorkerState.NOT_READY
+    assert registry.ready_workers("m") == ()
+    # Admitted again: probed afresh from PENDING, then health checks decide.
+    registry.upsert(replace(worker, admitted=True))
+    assert registry.get(worker.id).state is WorkerState.PENDING
+    registry.set_state(worker.id, WorkerState.READY)
+    assert registry.ready_workers("m")[0].id == worker.id
