@@ -54,21 +54,12 @@ from corral.errors import (
 from corral.extproc import headers as names
 from corral.extproc import responses
 from corral.extproc.context import ServerContext
-from corral.extproc.hooks import Release
+from corral.extproc.ledger import RequestLedger
 from corral.extproc.modes import BodyModes, served_endpoint, subset_hint
 from corral.extproc.observe import ResponseObserver
 from corral.extproc.prompt import DEFAULT_ROUTING_CHARS
 from corral.observability.metrics import (
-    ABORTS,
     DECISION_SECONDS,
-    E2E_SECONDS,
-    IN_FLIGHT,
-    ITL_SECONDS,
-    OUTPUT_TOKENS,
-    PROMPT_TOKENS,
-    REQUESTS,
-    TTFT_SECONDS,
-    bounded_status,
 )
 from corral.openai import models as model_answers
 from corral.openai.requests import Endpoint, ParsedRequest, endpoint_for, parse_request
@@ -76,12 +67,9 @@ from corral.pool.worker import Worker
 from corral.routing.base import Candidate, RoutingRequest
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("corral.access")
 
 MAX_WORKERS = 3
 """Primary plus fallbacks written into the destination list."""
-NO_WORKER = "none"
-UNKNOWN_MODEL = "unknown"
 _REQUEST_PHASES = frozenset({"request_headers", "request_body", "request_trailers"})
 _NOTHING: tuple[pb.ProcessingResponse, ...] = ()
 
@@ -96,38 +84,20 @@ def _header_map(message: pb.HttpHeaders) -> dict[str, str]:
     }
 
 
-class RequestStream:
+class RequestStream(RequestLedger):
     """The state of one ``Process`` stream. Event loop thread only."""
 
     def __init__(self, ctx: ServerContext) -> None:
-        self.ctx = ctx
-        self.started = time.monotonic()
-        self.request_id: str | None = None
-        self.method = ""
-        self.path = ""
+        super().__init__(ctx)
         self.endpoint = Endpoint.OTHER
         self.headers: dict[str, str] = {}
         self.body = bytearray()
-        self.pool: str | None = None
-        self.policy_name = "none"
-        self.reason = ""
-        self.worker_id: str | None = None
         self.primary_id: str | None = None
-        self.tokens = 0
-        self.status: int | None = None
-        self.observer: ResponseObserver | None = None
-        self.finished = False
         self.modes: BodyModes | None = None
         self.subset: frozenset[str] | None = None
         self._subset_seen = False
         self._ended = False
         self._decided = False
-        self._charged = False
-        self._release_admission: Release | None = None
-
-    @property
-    def model_label(self) -> str:
-        return self.pool or UNKNOWN_MODEL
 
     async def respond(
         self, request: pb.ProcessingRequest
@@ -443,103 +413,3 @@ class RequestStream:
             self.observer.chunk(message.body, time.monotonic())
         if message.end_of_stream:
             self._finish()
-
-    # -- accounting -------------------------------------------------------------
-
-    def _charge(self, worker_id: str) -> None:
-        load = self.ctx.registry.load(worker_id)
-        load.begin(self.tokens)
-        self.worker_id = worker_id
-        self._charged = True
-        IN_FLIGHT.labels(worker_id).set(load.requests)
-
-    def _uncharge(self) -> None:
-        if not self._charged or self.worker_id is None:
-            return
-        load = self.ctx.registry.load(self.worker_id)
-        load.requests = max(0, load.requests - 1)
-        load.tokens = max(0, load.tokens - self.tokens)
-        IN_FLIGHT.labels(self.worker_id).set(load.requests)
-        self._charged = False
-
-    def _release(self) -> None:
-        if self._charged and self.worker_id is not None:
-            load = self.ctx.registry.load(self.worker_id)
-            load.end(self.tokens)
-            IN_FLIGHT.labels(self.worker_id).set(load.requests)
-            self._charged = False
-        release, self._release_admission = self._release_admission, None
-        if release is not None:
-            try:
-                release()
-            except Exception:
-                logger.exception("admission release failed")
-
-    def _finish(self) -> None:
-        """The response ended normally (end of stream seen)."""
-        if self.finished:
-            return
-        self.finished = True
-        try:
-            now = time.monotonic()
-            model = self.model_label
-            if self.worker_id is not None:
-                self.ctx.breaker.record_outcome(self.worker_id, self.status, False)
-            if self.observer is not None:
-                usage = self.observer.end()
-                if self.observer.first_token_s is not None:
-                    TTFT_SECONDS.labels(model).observe(self.observer.first_token_s)
-                itl = ITL_SECONDS.labels(model)
-                for gap in self.observer.gaps:
-                    itl.observe(gap)
-                if usage.completion_tokens:
-                    OUTPUT_TOKENS.labels(model).inc(usage.completion_tokens)
-                if usage.prompt_tokens:
-                    PROMPT_TOKENS.labels(model).inc(usage.prompt_tokens)
-            E2E_SECONDS.labels(model).observe(now - self.started)
-            self._count(self.status or 0)
-        finally:
-            self._release()
-
-    def _fail(self, error: GatewayError) -> pb.ProcessingResponse:
-        """An immediate error answer; the exchange ends here."""
-        self.finished = True
-        self._release()
-        self._count(error.status)
-        logger.debug(
-            "request %s refused: %d %s", self.request_id, error.status, error.message
-        )
-        return responses.error_response(error, self.request_id)
-
-    def close(self) -> None:
-        """The gRPC stream is over. Without a finished response, an abort."""
-        if self.finished:
-            return
-        self.finished = True
-        try:
-            if self.worker_id is not None:
-                ABORTS.labels(self.model_label).inc()
-                if self.status is None:
-                    # Routed, and no response ever came back: count a reset.
-                    self.ctx.breaker.record_outcome(self.worker_id, None, True)
-                self._count(self.status or 0, aborted=True)
-        finally:
-            self._release()
-
-    def _count(self, status: int, *, aborted: bool = False) -> None:
-        label = "aborted" if aborted else bounded_status(status)
-        worker = self.worker_id or NO_WORKER
-        REQUESTS.labels(self.model_label, worker, label, self.policy_name).inc()
-        if self.ctx.access_log:
-            access_logger.info(
-                "%s %s %s model=%s worker=%s status=%s reason=%s tokens=%d %.1fms",
-                self.request_id or "-",
-                self.method,
-                self.path,
-                self.model_label,
-                worker,
-                label,
-                self.reason or "-",
-                self.tokens,
-                (time.monotonic() - self.started) * 1000,
-            )
