@@ -124,7 +124,9 @@ class RequestStream(RequestLedger):
         return answers
 
     async def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
-        """Answer one message from Envoy in Corral's own body modes."""
+        """Answer one message from Envoy with exactly one answer: every phase in
+        Corral's own body modes, and the phases FULL_DUPLEX_STREAMED leaves as
+        they are (headers and trailers of the response)."""
         phase = request.WhichOneof("request")
         if not self._subset_seen:
             self._read_subset(request)
