@@ -56,14 +56,35 @@ class GatewayError(Exception):
             }
         }
 
-    def body(self) -> bytes:
-        return json.dumps(self.to_openai(), separators=(",", ":")).encode()
+    def to_anthropic(self) -> dict[str, Any]:
+        """The error as Anthropic's Messages API returns it, for clients of
+        ``/v1/messages``: ``{"type": "error", "error": {"type", "message"}}``."""
+        kind = _ANTHROPIC_TYPES.get(self.status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+    def body(self, *, dialect: str = "openai") -> bytes:
+        """The JSON body in the API dialect of the request (``openai`` or
+        ``anthropic``)."""
+        document = self.to_anthropic() if dialect == "anthropic" else self.to_openai()
+        return json.dumps(document, separators=(",", ":")).encode()
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
         if self.retry_after_s is not None:
             headers["retry-after"] = str(self.retry_after_s)
         return headers
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+"""Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors)."""
 
 
 class InvalidRequest(GatewayError):

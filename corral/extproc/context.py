@@ -9,6 +9,7 @@ at start-up, in threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +18,7 @@ from corral.config.settings import PolicyConfig, Settings
 from corral.errors import ConfigError, MissingModel, ModelNotFound
 from corral.extproc.hooks import Admission, AdmitAll, AllowAll, WorkerFilter
 from corral.extproc.prompt import PromptTokenizer
+from corral.observability.metrics import IN_FLIGHT
 from corral.openai.requests import MODEL_OPTIONAL, Endpoint
 from corral.pool.registry import RegistrySnapshot, WorkerRegistry
 from corral.routing.base import Candidate, RoutingPolicy
@@ -60,6 +62,7 @@ class ServerContext:
         self._policy_source = policy_for
         self._tokenizer_source = tokenizer_for
         self._policies: dict[str, RoutingPolicy] = {}
+        self._candidates: dict[str, tuple[int, list[Candidate]]] = {}
         self._tokenizers: dict[str, PromptTokenizer | None] = {}
         self._names: dict[str, str] = {}
         for model in settings.models:
@@ -172,20 +175,31 @@ class ServerContext:
         return policy
 
     def candidates(self, pool: str) -> list[Candidate]:
-        """READY workers of the pool that the breaker allows, with live load."""
+        """READY workers of the pool that the breaker allows, with live load.
+
+        The candidate objects are built once per registry version (they hold the
+        live ``WorkerLoad``, so they stay current); only the breaker filter runs
+        on every request."""
+        version = self.registry.snapshot().version
+        cached = self._candidates.get(pool)
+        if cached is None or cached[0] != version:
+            load = self.registry.load
+            built = [
+                Candidate(worker, load(worker.id))
+                for worker in self.registry.ready_workers(pool)
+            ]
+            cached = (version, built)
+            self._candidates[pool] = cached
         allows = self.breaker.allows
-        load = self.registry.load
-        return [
-            Candidate(worker, load(worker.id))
-            for worker in self.registry.ready_workers(pool)
-            if allows(worker.id)
-        ]
+        return [c for c in cached[1] if allows(c.worker.id)]
 
     def _on_change(self, snapshot: RegistrySnapshot) -> None:
         current = set(snapshot.workers)
         removed = self._worker_ids - current
         self._worker_ids = current
         for worker_id in removed:
+            with contextlib.suppress(KeyError):
+                IN_FLIGHT.remove(worker_id)
             for policy in self._policies.values():
                 try:
                     policy.on_worker_removed(worker_id)

@@ -48,6 +48,8 @@ class RequestLedger:
         self.request_id: str | None = None
         self.method = ""
         self.path = ""
+        self.error_dialect = "openai"
+        """The API dialect of error bodies: ``anthropic`` on ``/v1/messages``."""
         self.pool: str | None = None
         self.policy_name = "none"
         self.reason = ""
@@ -126,7 +128,9 @@ class RequestLedger:
         logger.debug(
             "request %s refused: %d %s", self.request_id, error.status, error.message
         )
-        return responses.error_response(error, self.request_id)
+        return responses.error_response(
+            error, self.request_id, dialect=self.error_dialect
+        )
 
     def close(self) -> None:
         """The gRPC stream is over. Without a finished response, an abort."""

@@ -203,16 +203,20 @@ def immediate(
 
 
 def error_response(
-    error: GatewayError, request_id: str | None = None
+    error: GatewayError, request_id: str | None = None, *, dialect: str = "openai"
 ) -> pb.ProcessingResponse:
     """The one translation of a ``GatewayError`` into Envoy's terms: an
-    immediate response carrying the OpenAI error JSON, its status and headers
+    immediate response carrying the error JSON in the request's API dialect
+    (OpenAI's, or Anthropic's for ``/v1/messages``), its status and headers
     (``retry-after`` when the error has one), and the request id when known."""
     headers = error.headers()
     if request_id:
         headers[names.REQUEST_ID_HEADER] = request_id
     return immediate(
-        error.status, error.body(), headers, details=f"corral_{error.code or 'error'}"
+        error.status,
+        error.body(dialect=dialect),
+        headers,
+        details=f"corral_{error.code or 'error'}",
     )
 
 

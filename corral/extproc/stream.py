@@ -168,6 +168,8 @@ class RequestStream(RequestLedger):
         self.method = self.headers.get(":method", "")
         self.path = self.headers.get(":path", "")
         self.endpoint = endpoint_for(self.path)
+        if self.endpoint is Endpoint.MESSAGES:
+            self.error_dialect = "anthropic"
         if self.method in ("GET", "HEAD"):
             answer = self._models_answer()
             if answer is not None:

@@ -215,7 +215,9 @@ def _content_text(content: Any, param: str) -> str:
                 f"{param}[{i}] must be an object", param=f"{param}[{i}]"
             )
         pieces.append(_part_text(part, f"{param}[{i}]"))
-    return "".join(pieces)
+    # vLLM flattens parts for string-content chat templates with newlines; the
+    # prompt routed on must be the one the engine caches.
+    return "\n".join(pieces)
 
 
 def _part_text(part: dict[str, Any], param: str) -> str:

@@ -345,7 +345,7 @@ async def test_chat_tokens_reach_the_policy_as_the_template_renders_them(
         {
             "role": "user",
             "content": [
-                {"type": "text", "text": "Hi "},
+                {"type": "text", "text": "Hi"},
                 {"type": "text", "text": "there"},
             ],
         },
@@ -359,7 +359,7 @@ async def test_chat_tokens_reach_the_policy_as_the_template_renders_them(
         )
     flat = [
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi there"},
+        {"role": "user", "content": "Hi\nthere"},
     ]
     expected = tokenizer.encode(tokenizer.render_chat(flat), add_special_tokens=False)
     assert list(h.policy.requests[0].tokens) == expected
@@ -407,3 +407,28 @@ async def test_lone_surrogate_routes_on_text_instead_of_failing():
         )
     assert set_headers(answer.request_body.response)["x-corral-pool"] == "m1"
     assert h.policy.requests[0].tokens is None
+
+
+async def test_anthropic_messages_errors_come_in_anthropic_shape():
+    body = b'{"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}'
+    headers = chat_headers(length=len(body))
+    headers[":path"] = "/v1/messages"
+    async with Harness(make_registry([9001])) as h:
+        _, answer = await h.exchange([headers_message(headers), body_message(body)])
+    status, _, error = _error(answer)
+    assert status == 404
+    assert error == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "The model `nope` does not exist."},
+    }
+
+
+async def test_a_worker_that_leaves_takes_its_in_flight_series_with_it():
+    registry = make_registry([9001])
+    in_flight = "corral_worker_in_flight_requests"
+    async with Harness(registry) as h:
+        await h.exchange([headers_message(chat_headers()), body_message(chat_body())])
+        assert REGISTRY.get_sample_value(in_flight, {"worker": "127.0.0.1:9001"}) is not None
+        registry.remove("127.0.0.1:9001")
+        # Label sets stay bounded however often workers come and go.
+        assert REGISTRY.get_sample_value(in_flight, {"worker": "127.0.0.1:9001"}) is None

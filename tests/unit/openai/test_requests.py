@@ -67,7 +67,7 @@ def test_chat_flattens_parts_with_image_placeholder_and_keeps_tool_calls():
     assert parsed.model == "m" and parsed.stream and parsed.include_usage
     assert [m["content"] for m in parsed.messages] == [
         "rules",
-        f"look: {IMAGE_PLACEHOLDER}",
+        f"look: \n{IMAGE_PLACEHOLDER}",
         "",
         "42",
     ]
@@ -76,7 +76,7 @@ def test_chat_flattens_parts_with_image_placeholder_and_keeps_tool_calls():
     assert parsed.tools == [{"type": "function", "function": {"name": "f"}}]
     assert parsed.add_special_tokens is False
     assert (
-        "look: <image>" in parsed.routing_text and '"name":"f"' in parsed.routing_text
+        "look: \n<image>" in parsed.routing_text and '"name":"f"' in parsed.routing_text
     )
 
 
@@ -122,7 +122,7 @@ def test_responses_input_items_and_instructions_become_messages():
     assert [(m["role"], m["content"]) for m in parsed.messages] == [
         ("system", "be nice"),
         ("user", "hi"),
-        ("user", "a<image>"),
+        ("user", "a\n<image>"),
         ("assistant", "f({})"),
         ("tool", "ok"),
     ]
@@ -163,7 +163,7 @@ def test_anthropic_messages_system_blocks_and_content_blocks():
     )
     assert [m["content"] for m in parsed.messages] == [
         "sys",
-        "q<image>",
+        "q\n<image>",
         'f{"a":1}',
         "r",
     ]
