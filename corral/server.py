@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from corral.config import Settings
 from corral.pool import WorkerRegistry
@@ -24,6 +25,12 @@ from corral.pool import WorkerRegistry
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
+HEALTH_SERVICES = (
+    "",
+    "envoy.service.ext_proc.v3.ExternalProcessor",
+    "envoy.service.discovery.v3.AggregatedDiscoveryService",
+)
+"""Names the gRPC health service answers for: the server, and each service."""
 
 
 class ControlPlane:
@@ -40,6 +47,7 @@ class ControlPlane:
         self._admin: Any = None
         self._extproc: Any = None
         self._ads: Any = None
+        self._health: health.aio.HealthServicer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
 
@@ -67,6 +75,10 @@ class ControlPlane:
         self._grpc = grpc.aio.server(options=grpc_server_options(settings))
         self._extproc.add_to_server(self._grpc)
         self._ads.add_to_server(self._grpc)
+        # The standard gRPC health service, which meshes and Envoy's gRPC health
+        # checks query: SERVING once everything listens, NOT_SERVING on the way out.
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         self.grpc_port = self._grpc.add_insecure_port(str(settings.grpc))
         if not self.grpc_port:
             raise OSError(f"cannot listen on {settings.grpc} for gRPC")
@@ -78,10 +90,17 @@ class ControlPlane:
 
         for name, task in _background_tasks(settings, self.registry):
             self._spawn(task, name)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         logger.info(
             "corral serving: grpc %s:%d (ext_proc, ADS), admin http://%s:%d",
             settings.grpc.host, self.grpc_port, settings.admin.host, self.admin_port,
         )
+
+    async def _set_health(self, status: int) -> None:
+        if self._health is None:
+            return
+        for service in HEALTH_SERVICES:
+            await self._health.set(service, status)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)
@@ -100,6 +119,7 @@ class ControlPlane:
             return
         self._stopped = True
         logger.info("corral stopping (grace %.1fs)", grace_s)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._ads is not None:
             await self._ads.close()
         if self._grpc is not None:
