@@ -102,7 +102,8 @@ def _time_policy(
     rng = random.Random(seed)
     prompts = Prompts(rng)
     candidates = _candidates(size, rng)
-    requests = [prompts.make(as_list=True) for _ in range(256)]
+    # Token ids arrive packed, as the ext_proc's tokenizer cache hands them over.
+    requests = [prompts.make(as_list=False) for _ in range(256)]
     policy = build_policy(PolicyConfig(name=name))
     for request in requests:  # warm-up: rings built, trees populated
         policy.pick(request, candidates, 3)
