@@ -93,7 +93,10 @@ class ControlPlane:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         logger.info(
             "corral serving: grpc %s:%d (ext_proc, ADS), admin http://%s:%d",
-            settings.grpc.host, self.grpc_port, settings.admin.host, self.admin_port,
+            settings.grpc.host,
+            self.grpc_port,
+            settings.admin.host,
+            self.admin_port,
         )
 
     async def _set_health(self, status: int) -> None:

@@ -85,7 +85,9 @@ class Child:
                 self.process.send_signal(signal.SIGTERM)
                 self.process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
-                logger.warning("%s (pid %d) ignored SIGTERM; killing", self.name, self.pid)
+                logger.warning(
+                    "%s (pid %d) ignored SIGTERM; killing", self.name, self.pid
+                )
                 self.process.kill()
                 self.process.wait(timeout=5)
             except ProcessLookupError:
@@ -103,7 +105,7 @@ def wait_http_ok(url: str, *, timeout_s: float, child: Child | None = None) -> N
         if child is not None and child.exited() is not None:
             raise RuntimeError(f"{child.name} exited with status {child.exited()}")
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=1.0) as response:
                 if 200 <= response.status < 300:
                     return
                 last = f"status {response.status}"
@@ -118,4 +120,3 @@ def wait_http_ok(url: str, *, timeout_s: float, child: Child | None = None) -> N
 def corral_argv(*args: str) -> list[str]:
     """Run a corral subcommand with this interpreter, wherever it is installed."""
     return [sys.executable, "-m", "corral", *args]
-

@@ -14,13 +14,27 @@ from corral.xds.bootstrap import render_bootstrap
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", type=Path, default=None,
-                        help="Corral configuration file (default: all defaults)")
-    parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="write here instead of standard output")
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=None,
+        help="Corral configuration file (default: all defaults)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="write here instead of standard output",
+    )
     parser.add_argument("--format", choices=("yaml", "json"), default="yaml")
-    parser.add_argument("--delta", action="store_true", default=None,
-                        help="subscribe with incremental xDS (DELTA_GRPC)")
+    parser.add_argument(
+        "--delta",
+        action="store_true",
+        default=None,
+        help="subscribe with incremental xDS (DELTA_GRPC)",
+    )
 
 
 def render_text(data: dict[str, object], fmt: str) -> str:

@@ -17,7 +17,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--config", type=Path, required=True, help="YAML configuration file"
     )
     parser.add_argument(
-        "--log-level", choices=["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"],
+        "--log-level",
+        choices=["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"],
         help="overrides logging.level of the configuration",
     )
     parser.add_argument(

@@ -39,25 +39,34 @@ STARTUP_TIMEOUT_S = 60.0
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML configuration file")
     parser.add_argument(
-        "--workers", type=int, default=DEFAULT_SIM_WORKERS,
+        "--workers",
+        type=int,
+        default=DEFAULT_SIM_WORKERS,
         help="simulated workers to start when the configuration names none "
         f"(default {DEFAULT_SIM_WORKERS})",
     )
     parser.add_argument(
-        "--sim-port", type=int, default=DEFAULT_SIM_PORT,
+        "--sim-port",
+        type=int,
+        default=DEFAULT_SIM_PORT,
         help=f"first port of the simulated workers (default {DEFAULT_SIM_PORT})",
     )
     parser.add_argument(
-        "--sim-time-scale", type=float, default=1.0,
+        "--sim-time-scale",
+        type=float,
+        default=1.0,
         help="speed factor of simulated time (0.1 = ten times faster)",
     )
     parser.add_argument(
-        "--sim-max-model-len", type=int, default=131072,
+        "--sim-max-model-len",
+        type=int,
+        default=131072,
         help="context length of the simulated workers, in tokens (default 131072)",
     )
     parser.add_argument("--port", type=int, help="gateway port (overrides the config)")
     parser.add_argument(
-        "--log-dir", type=Path,
+        "--log-dir",
+        type=Path,
         help="write each process's output here (default: a temporary folder)",
     )
 
@@ -72,8 +81,10 @@ def _with_overrides(settings: Settings, args: argparse.Namespace) -> dict[str, A
 
 
 def _needs_simulated_workers(settings: Settings) -> bool:
-    return not settings.workers and settings.discovery.file is None and (
-        settings.discovery.kubernetes is None
+    return (
+        not settings.workers
+        and settings.discovery.file is None
+        and (settings.discovery.kubernetes is None)
     )
 
 
@@ -96,11 +107,15 @@ def _check_ports(settings: Settings, sim_ports: range) -> None:
         ("admin API", settings.admin.host, settings.admin.port),
         *(("simulated worker", "127.0.0.1", port) for port in sim_ports),
     ]
-    busy = [f"{what} {host}:{port}" for what, host, port in wanted
-            if port and _port_in_use(host, port)]
+    busy = [
+        f"{what} {host}:{port}"
+        for what, host, port in wanted
+        if port and _port_in_use(host, port)
+    ]
     if busy:
         raise RuntimeError(
-            "ports already in use: " + ", ".join(busy)
+            "ports already in use: "
+            + ", ".join(busy)
             + " (choose others with --port, --sim-port or --config)"
         )
 
@@ -144,7 +159,8 @@ def _supervise(envoy: Child, serve: Child, others: list[Child], log_dir: Path) -
             print(
                 f"corral up: control plane exited with status {status}; restarting "
                 "(Envoy keeps routing meanwhile)",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
             time.sleep(min(5.0, 0.5 * 2 ** min(serve.restarts, 4)))
             serve.restart()
@@ -153,7 +169,8 @@ def _supervise(envoy: Child, serve: Child, others: list[Child], log_dir: Path) -
                 reported.add(child.pid)
                 print(
                     f"corral up: {child.name} exited with status {child.exited()}",
-                    file=sys.stderr, flush=True,
+                    file=sys.stderr,
+                    flush=True,
                 )
         time.sleep(0.2)
 
@@ -189,10 +206,17 @@ def run(args: argparse.Namespace) -> int:
                     Child(
                         f"simulated worker 127.0.0.1:{port}",
                         corral_argv(
-                            "sim", "--port", str(port),
-                            "--model", model["name"], "--tokenizer", model["tokenizer"],
-                            "--time-scale", str(args.sim_time_scale),
-                            "--max-model-len", str(args.sim_max_model_len),
+                            "sim",
+                            "--port",
+                            str(port),
+                            "--model",
+                            model["name"],
+                            "--tokenizer",
+                            model["tokenizer"],
+                            "--time-scale",
+                            str(args.sim_time_scale),
+                            "--max-model-len",
+                            str(args.sim_max_model_len),
                         ),
                         log_dir / f"sim-{port}.log",
                     )
@@ -205,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
             for port, sim in zip(sim_ports, sims, strict=True):
                 wait_http_ok(
                     f"http://127.0.0.1:{port}/health",
-                    timeout_s=STARTUP_TIMEOUT_S, child=sim,
+                    timeout_s=STARTUP_TIMEOUT_S,
+                    child=sim,
                 )
         effective = parse_settings(data, environ={})
         config_path = workdir / "corral.yaml"
@@ -213,8 +238,10 @@ def run(args: argparse.Namespace) -> int:
         config_path.write_text(yaml.safe_dump(data, sort_keys=False))
 
         serve = Child(
-            "control plane", corral_argv("serve", "--config", str(config_path)),
-            log_dir / "corral.log", env=env,
+            "control plane",
+            corral_argv("serve", "--config", str(config_path)),
+            log_dir / "corral.log",
+            env=env,
         )
         children.append(serve)
         admin = f"http://{effective.admin}"
@@ -227,8 +254,12 @@ def run(args: argparse.Namespace) -> int:
         envoy = Child(
             "envoy",
             [
-                str(find_envoy()), "-c", str(bootstrap_path),
-                "--use-dynamic-base-id", "-l", "warning",
+                str(find_envoy()),
+                "-c",
+                str(bootstrap_path),
+                "--use-dynamic-base-id",
+                "-l",
+                "warning",
             ],
             log_dir / "envoy.log",
         )

@@ -165,7 +165,9 @@ class CircuitBreakerConfig(_Strict):
 
 class EnvoyConfig(_Strict):
     listen: Address = Field(default_factory=lambda: Address(port=DEFAULT_LISTEN_PORT))
-    admin: Address = Field(default_factory=lambda: Address(port=DEFAULT_ENVOY_ADMIN_PORT))
+    admin: Address = Field(
+        default_factory=lambda: Address(port=DEFAULT_ENVOY_ADMIN_PORT)
+    )
     worker_protocol: Literal["http1", "h2c"] = "http1"
     failure_mode_allow: bool = True
     """Fail open: if ext_proc is unreachable, Envoy's own load balancer routes."""
@@ -253,9 +255,12 @@ def parse_settings(data: Any, *, environ: dict[str, str] | None = None) -> Setti
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(
-            f"configuration must be a mapping at the top level, got {type(data).__name__}"
+            "configuration must be a mapping at the top level, "
+            f"got {type(data).__name__}"
         )
-    data = _env_overrides(_drop_nulls(data), dict(os.environ if environ is None else environ))
+    data = _env_overrides(
+        _drop_nulls(data), dict(os.environ if environ is None else environ)
+    )
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
@@ -263,7 +268,9 @@ def parse_settings(data: Any, *, environ: dict[str, str] | None = None) -> Setti
         raise ConfigError(f"invalid configuration: {problems}") from None
 
 
-def load_config(path: str | Path | None, *, environ: dict[str, str] | None = None) -> Settings:
+def load_config(
+    path: str | Path | None, *, environ: dict[str, str] | None = None
+) -> Settings:
     """Read and validate a YAML configuration file (``None``: all defaults)."""
     if path is None:
         return parse_settings({}, environ=environ)

@@ -107,7 +107,9 @@ def sync_source(
         if current is not None and current.source != source_name:
             logger.warning(
                 "%s: worker %s is already registered by source %r; ignoring it",
-                source_name, worker_id, current.source,
+                source_name,
+                worker_id,
+                current.source,
             )
             skipped.append(worker_id)
             continue
@@ -138,6 +140,9 @@ def sync_source(
     if result.changed:
         logger.info(
             "%s: %d added, %d updated, %d draining",
-            source_name, len(added), len(updated), len(draining),
+            source_name,
+            len(added),
+            len(updated),
+            len(draining),
         )
     return result

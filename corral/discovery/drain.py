@@ -60,7 +60,9 @@ async def drain_and_remove(
             logger.warning(
                 "worker %s still had %d requests in flight after %.1fs of draining; "
                 "removing it anyway",
-                worker_id, in_flight, timeout_s,
+                worker_id,
+                in_flight,
+                timeout_s,
             )
             registry.remove(worker_id)
             return False

@@ -62,9 +62,7 @@ def parse_manifest(
     if entries is None:
         entries = []
     if not isinstance(entries, list):
-        raise ManifestError(
-            f"workers must be a list, got {type(entries).__name__}"
-        )
+        raise ManifestError(f"workers must be a list, got {type(entries).__name__}")
     workers: dict[str, Worker] = {}
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
@@ -196,7 +194,8 @@ class FileSource:
         # must not log every poll.
         if problem != self._error:
             logger.warning(
-                "worker manifest %s is invalid (%s); keeping the last good "
-                "membership", self._path, problem,
+                "worker manifest %s is invalid (%s); keeping the last good membership",
+                self._path,
+                problem,
             )
         self._error = problem

@@ -162,7 +162,9 @@ class HealthChecker:
             if failures >= self._config.failure_threshold:
                 logger.warning(
                     "worker %s failed %d health checks in a row (%s)",
-                    worker.id, failures, result.reason,
+                    worker.id,
+                    failures,
+                    result.reason,
                 )
                 self._registry.set_state(worker.id, WorkerState.NOT_READY)
             return

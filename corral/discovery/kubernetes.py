@@ -236,7 +236,10 @@ class KubernetesDiscovery:
                     backoff.reset()
                     logger.info(
                         "kubernetes: listed %d pods for %r in %s at version %s",
-                        len(pods), selector.label_selector, where, version,
+                        len(pods),
+                        selector.label_selector,
+                        where,
+                        version,
                     )
                 version, events = await self._watch(api, index, selector, version)
                 if events or time.monotonic() - started >= _SHORT_WATCH_S:
@@ -250,7 +253,8 @@ class KubernetesDiscovery:
                 self._versions[index] = None
                 logger.info(
                     "kubernetes: version %s for %r expired (410), listing again",
-                    version, selector.label_selector,
+                    version,
+                    selector.label_selector,
                 )
                 version = None
             except _RETRIED as exc:
@@ -259,7 +263,10 @@ class KubernetesDiscovery:
                 logger.warning(
                     "kubernetes: watch of %r failed (%s: %s); membership kept,"
                     " retrying in %.2fs",
-                    selector.label_selector, type(exc).__name__, exc, delay,
+                    selector.label_selector,
+                    type(exc).__name__,
+                    exc,
+                    delay,
                 )
                 await asyncio.sleep(delay)
 
@@ -303,8 +310,12 @@ class KubernetesDiscovery:
             sock_connect=_CONNECT_TIMEOUT_S, sock_read=timeout_s + _READ_MARGIN_S
         )
         resp = await self._request(
-            api, selector, watch=True, allow_watch_bookmarks=True,
-            resource_version=version, timeout_seconds=timeout_s,
+            api,
+            selector,
+            watch=True,
+            allow_watch_bookmarks=True,
+            resource_version=version,
+            timeout_seconds=timeout_s,
             _request_timeout=client_timeout,
         )
         events = 0

@@ -40,7 +40,9 @@ DEFAULT_MAX_CONCURRENT_POLLS = 32
 _RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs")
 _WAITING = ("vllm:num_requests_waiting", "sglang:num_queue_reqs")
 _KV_USAGE = (
-    "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage",
+    "vllm:kv_cache_usage_perc",
+    "vllm:gpu_cache_usage_perc",
+    "sglang:token_usage",
 )
 
 
@@ -169,12 +171,14 @@ class EngineLoadPoller:
             reading = parse_engine_metrics(text)
             if reading is None:
                 raise ValueError("no vLLM or SGLang load metrics in the answer")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             if worker.id not in self._failing:
                 self._failing.add(worker.id)
                 logger.info(
                     "engine metrics of %s unavailable (%s); its last reading will go "
-                    "stale", worker.id, str(exc) or type(exc).__name__,
+                    "stale",
+                    worker.id,
+                    str(exc) or type(exc).__name__,
                 )
             return False
         if self._registry.get(worker.id) is None:

@@ -58,7 +58,7 @@ async def probe_health(
             if 200 <= response.status < 300:
                 return ProbeResult(True)
             return ProbeResult(False, f"{path} answered {response.status}")
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return ProbeResult(False, f"{path}: {_describe(exc)}")
 
 
@@ -107,7 +107,7 @@ async def probe_registration(
         served = await fetch_models(session, worker, timeout_s=timeout_s)
     except ValueError as exc:
         return ProbeResult(False, str(exc))
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return ProbeResult(False, f"{MODELS_PATH}: {_describe(exc)}")
     if not served:
         return ProbeResult(False, f"{MODELS_PATH} names no model")

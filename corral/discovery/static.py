@@ -50,7 +50,9 @@ class StaticSource:
 
     def sync(self) -> None:
         sync_source(
-            self._registry, self.name, self.workers(),
+            self._registry,
+            self.name,
+            self.workers(),
             drain_timeout_s=self._drain_timeout_s,
         )
 

@@ -35,9 +35,7 @@ class RegistrySnapshot:
 
     def pool(self, model: str) -> tuple[Worker, ...]:
         """All workers of a model's pool, in id order, whatever their state."""
-        return tuple(
-            w for _, w in sorted(self.workers.items()) if model in w.models
-        )
+        return tuple(w for _, w in sorted(self.workers.items()) if model in w.models)
 
     def ready(self, model: str) -> tuple[Worker, ...]:
         return tuple(w for w in self.pool(model) if w.ready)
@@ -120,12 +118,13 @@ class WorkerRegistry:
         if current is not None:
             if current.address == worker.address:
                 worker = replace(worker, state=current.state)
-            if not current.admitted and worker.admitted:
-                if worker.state is WorkerState.NOT_READY:
-                    # Admitted again: probe afresh before it takes traffic.
-                    worker = replace(worker, state=WorkerState.PENDING)
+            readmitted = not current.admitted and worker.admitted
+            if readmitted and worker.state is WorkerState.NOT_READY:
+                # Admitted again: probe afresh before it takes traffic.
+                worker = replace(worker, state=WorkerState.PENDING)
         if not worker.admitted and worker.state in (
-            WorkerState.READY, WorkerState.PENDING
+            WorkerState.READY,
+            WorkerState.PENDING,
         ):
             worker = replace(worker, state=WorkerState.NOT_READY)
         if current is not None and worker == current:
@@ -135,8 +134,11 @@ class WorkerRegistry:
         if current is None:
             logger.info(
                 "worker added: %s %s models=%s role=%s source=%s",
-                worker.id, worker.url, ",".join(worker.models) or "-",
-                worker.role.value, worker.source,
+                worker.id,
+                worker.url,
+                ",".join(worker.models) or "-",
+                worker.role.value,
+                worker.source,
             )
         self._changed()
         return worker

@@ -79,7 +79,9 @@ class ModelTokenizer:
         self._tokenizer = tokenizer
         self.chat_template = chat_template
         self.special_tokens = dict(special_tokens or {})
-        self._template = _environment().from_string(chat_template) if chat_template else None
+        self._template = (
+            _environment().from_string(chat_template) if chat_template else None
+        )
         self._special_ids = {
             t.content
             for t in tokenizer.get_added_tokens_decoder().values()
@@ -109,10 +111,14 @@ class ModelTokenizer:
                 [text], add_special_tokens=add_special_tokens
             )
             return list(batch[0].ids)
-        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+        return list(
+            self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        )
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-        return str(self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
+        return str(
+            self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        )
 
     def id_to_token(self, token_id: int) -> str | None:
         token = self._tokenizer.id_to_token(token_id)
@@ -146,7 +152,9 @@ class ModelTokenizer:
         try:
             return str(self._template.render(**context))
         except jinja2.exceptions.TemplateError as exc:
-            raise ChatTemplateError(f"chat template rejected the messages: {exc}") from exc
+            raise ChatTemplateError(
+                f"chat template rejected the messages: {exc}"
+            ) from exc
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ChatTemplateError(
                 f"messages do not fit the model's chat template: {exc}"
@@ -174,7 +182,9 @@ def load_tokenizer_dir(path: Path, *, name: str | None = None) -> ModelTokenizer
             raise ConfigError(f"cannot read {config_file}: {exc}") from exc
     template = config.get("chat_template")
     if isinstance(template, list):  # named templates: use "default"
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        named = {
+            t.get("name"): t.get("template") for t in template if isinstance(t, dict)
+        }
         template = named.get("default") or next(iter(named.values()), None)
     jinja_file = folder / "chat_template.jinja"
     if template is None and jinja_file.is_file():

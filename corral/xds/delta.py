@@ -59,8 +59,11 @@ class DeltaStream:
         type_url = request.type_url
         state = self.states.get(type_url)
         if state is None:
-            logger.debug("[%s] ignoring delta request for unserved type %s",
-                         self.stream_id, type_url)
+            logger.debug(
+                "[%s] ignoring delta request for unserved type %s",
+                self.stream_id,
+                type_url,
+            )
             return []
         first = not state.subscribed
         subscribe = list(request.resource_names_subscribe)
@@ -83,16 +86,22 @@ class DeltaStream:
         nonce = request.response_nonce
         if nonce:
             if nonce != state.nonce:
-                logger.debug("[%s] %s: stale delta nonce %s (last %s)",
-                             self.stream_id, type_urls.short_name(type_url), nonce,
-                             state.nonce)
+                logger.debug(
+                    "[%s] %s: stale delta nonce %s (last %s)",
+                    self.stream_id,
+                    type_urls.short_name(type_url),
+                    nonce,
+                    state.nonce,
+                )
             elif request.HasField("error_detail"):
                 self._nack(type_url, state, request)
             elif state.awaiting:
                 self._ack(type_url, state, nonce)
         if not (first or subscribe):
             return []
-        replaced = self._replaced_clusters(snapshot) if type_url == type_urls.CLUSTER else ()
+        replaced = (
+            self._replaced_clusters(snapshot) if type_url == type_urls.CLUSTER else ()
+        )
         response = self._diff(type_url, snapshot, force_empty=first and not state.known)
         if response is None:
             return []
@@ -123,7 +132,8 @@ class DeltaStream:
         state = self.states[type_urls.CLUSTER]
         available = snapshot.resources(type_urls.CLUSTER)
         return {
-            name for name, version in state.known.items()
+            name
+            for name, version in state.known.items()
             if name in available and available[name].version != version
         }
 
@@ -142,7 +152,8 @@ class DeltaStream:
         wanted = available.keys() if state.wildcard else state.names & available.keys()
         forced = set(force)
         changed = [
-            available[n] for n in sorted(wanted)
+            available[n]
+            for n in sorted(wanted)
             if state.known.get(n) != available[n].version or n in forced
         ]
         removed = sorted(n for n in state.known if n not in available)
@@ -157,13 +168,20 @@ class DeltaStream:
         state.sent_at = time.monotonic()
         state.awaiting = True
         metrics.XDS_PUSHES.labels(type=type_urls.short_name(type_url)).inc()
-        logger.debug("[%s] delta push %s nonce=%s changed=%d removed=%d",
-                     self.stream_id, type_urls.short_name(type_url), state.nonce,
-                     len(changed), len(removed))
+        logger.debug(
+            "[%s] delta push %s nonce=%s changed=%d removed=%d",
+            self.stream_id,
+            type_urls.short_name(type_url),
+            state.nonce,
+            len(changed),
+            len(removed),
+        )
         return discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=snapshot.version(type_url),
             resources=[
-                discovery_pb2.Resource(name=r.name, version=r.version, resource=r.packed)
+                discovery_pb2.Resource(
+                    name=r.name, version=r.version, resource=r.packed
+                )
                 for r in changed
             ],
             removed_resources=removed,
@@ -197,6 +215,8 @@ class DeltaStream:
         metrics.XDS_NACKS.labels(type=short).inc()
         logger.warning(
             "Envoy %s rejected delta %s (nonce %s): %s",
-            self.node_id or "?", short, request.response_nonce,
+            self.node_id or "?",
+            short,
+            request.response_nonce,
             request.error_detail.message,
         )

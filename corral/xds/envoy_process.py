@@ -87,18 +87,27 @@ class EnvoyProcess:
         self.config_path.write_text(yaml.safe_dump(self.bootstrap, sort_keys=False))
         binary = self._binary or find_envoy()
         command = [
-            str(binary), "-c", str(self.config_path),
-            "--base-id", str(self.base_id),
-            "--concurrency", str(self.concurrency),
-            "-l", self.log_level,
+            str(binary),
+            "-c",
+            str(self.config_path),
+            "--base-id",
+            str(self.base_id),
+            "--concurrency",
+            str(self.concurrency),
+            "-l",
+            self.log_level,
             *self.extra_args,
         ]
         self._log_file = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            command, stdout=self._log_file, stderr=subprocess.STDOUT,
+            command,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        logger.info("envoy started, pid %d, admin %s", self._process.pid, self.admin_url)
+        logger.info(
+            "envoy started, pid %d, admin %s", self._process.pid, self.admin_url
+        )
         try:
             self.wait_ready(timeout_s=timeout_s)
         except BaseException:
@@ -117,7 +126,8 @@ class EnvoyProcess:
         return await asyncio.to_thread(self.stop, grace_s=grace_s)
 
     def wait_ready(self, *, timeout_s: float = 15.0) -> None:
-        """Poll admin ``/ready`` until it says LIVE, the process dies, or time runs out."""
+        """Poll admin ``/ready`` until it says LIVE, the process dies, or time
+        runs out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.running():

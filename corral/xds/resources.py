@@ -15,7 +15,11 @@ import ipaddress
 import logging
 from collections.abc import Iterable
 
-from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.cluster.v3 import (
+    circuit_breaker_pb2,
+    cluster_pb2,
+    outlier_detection_pb2,
+)
 from envoy.config.core.v3 import (
     address_pb2,
     base_pb2,
@@ -67,7 +71,7 @@ def buffer_limit_bytes(settings: Settings) -> int:
 
 def _duration(seconds: float) -> duration_pb2.Duration:
     whole = int(seconds)
-    return duration_pb2.Duration(seconds=whole, nanos=int(round((seconds - whole) * 1e9)))
+    return duration_pb2.Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -204,7 +208,8 @@ def build_assignment(
             # (a STRICT_DNS side cluster or resolution in discovery) would retire it.
             logger.warning(
                 "worker %s has no IP address (%s); it is not sent to Envoy",
-                worker.id, worker.host,
+                worker.id,
+                worker.host,
             )
             continue
         metadata = base_pb2.Metadata()
@@ -223,7 +228,9 @@ def build_assignment(
                 metadata=metadata,
             )
         )
-    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=pool_cluster_name(model))
+    assignment = endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=pool_cluster_name(model)
+    )
     if lb_endpoints:
         assignment.endpoints.append(
             endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb_endpoints)

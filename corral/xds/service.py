@@ -181,15 +181,19 @@ class AdsServer:
     # -- streams ------------------------------------------------------------
 
     async def serve(
-        self, machine: SotwStream | DeltaStream, context: grpc.aio.ServicerContext, mode: str
+        self,
+        machine: SotwStream | DeltaStream,
+        context: grpc.aio.ServicerContext,
+        mode: str,
     ) -> None:
         """Run one ADS call until Envoy hangs up or ``close()`` is called."""
         stream = _Stream(machine)
         self._streams.add(stream)
         metrics.XDS_STREAMS.labels(mode=mode).inc()
         reader = asyncio.create_task(self._read(context, stream.queue))
-        logger.info("ADS %s stream %s opened from %s", mode, machine.stream_id,
-                    context.peer())
+        logger.info(
+            "ADS %s stream %s opened from %s", mode, machine.stream_id, context.peer()
+        )
         try:
             while True:
                 item = await stream.queue.get()
@@ -208,11 +212,17 @@ class AdsServer:
                 await reader
             self._streams.discard(stream)
             metrics.XDS_STREAMS.labels(mode=mode).dec()
-            logger.info("ADS %s stream %s from node %s closed", mode,
-                        machine.stream_id, machine.node_id or "?")
+            logger.info(
+                "ADS %s stream %s from node %s closed",
+                mode,
+                machine.stream_id,
+                machine.node_id or "?",
+            )
 
     @staticmethod
-    async def _read(context: grpc.aio.ServicerContext, queue: asyncio.Queue[Any]) -> None:
+    async def _read(
+        context: grpc.aio.ServicerContext, queue: asyncio.Queue[Any]
+    ) -> None:
         try:
             while True:
                 request = await context.read()
@@ -232,12 +242,12 @@ class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, ads: AdsServer) -> None:
         self._ads = ads
 
-    async def StreamAggregatedResources(  # noqa: N802 (gRPC method name)
+    async def StreamAggregatedResources(
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> None:
         await self._ads.serve(SotwStream(self._ads.next_stream_id()), context, "sotw")
 
-    async def DeltaAggregatedResources(  # noqa: N802 (gRPC method name)
+    async def DeltaAggregatedResources(
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> None:
         await self._ads.serve(DeltaStream(self._ads.next_stream_id()), context, "delta")

@@ -66,7 +66,10 @@ class Snapshot:
 
     def __init__(self, resources: Mapping[str, Mapping[str, Resource]]) -> None:
         self._resources = MappingProxyType(
-            {t: MappingProxyType(dict(resources.get(t, {}))) for t in type_urls.PUSH_ORDER}
+            {
+                t: MappingProxyType(dict(resources.get(t, {})))
+                for t in type_urls.PUSH_ORDER
+            }
         )
         self._versions = MappingProxyType(
             {t: _type_version(r) for t, r in self._resources.items()}

@@ -59,12 +59,15 @@ class SotwStream:
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id
         self.node_id = ""
-        self.states: dict[str, TypeState] = {t: TypeState() for t in type_urls.PUSH_ORDER}
+        self.states: dict[str, TypeState] = {
+            t: TypeState() for t in type_urls.PUSH_ORDER
+        }
         self._counter = 0
 
     def __repr__(self) -> str:
         parts = " ".join(
-            f"{type_urls.short_name(t)}={s.sent_version or '-'}/{s.acked_version or '-'}"
+            f"{type_urls.short_name(t)}="
+            f"{s.sent_version or '-'}/{s.acked_version or '-'}"
             for t, s in self.states.items()
         )
         return f"<SotwStream {self.stream_id} node={self.node_id or '-'} {parts}>"
@@ -78,17 +81,23 @@ class SotwStream:
         type_url = request.type_url
         state = self.states.get(type_url)
         if state is None:
-            logger.debug("[%s] ignoring request for unserved type %s",
-                         self.stream_id, type_url)
+            logger.debug(
+                "[%s] ignoring request for unserved type %s", self.stream_id, type_url
+            )
             return []
         nonce = request.response_nonce
         if nonce and nonce != state.nonce:
-            logger.debug("[%s] %s: stale nonce %s (last %s), dropped",
-                         self.stream_id, type_urls.short_name(type_url), nonce,
-                         state.nonce)
+            logger.debug(
+                "[%s] %s: stale nonce %s (last %s), dropped",
+                self.stream_id,
+                type_urls.short_name(type_url),
+                nonce,
+                state.nonce,
+            )
             return []
         names = (
-            None if _is_wildcard(type_url, list(request.resource_names))
+            None
+            if _is_wildcard(type_url, list(request.resource_names))
             else frozenset(request.resource_names)
         )
         names_changed = state.subscribed and names != state.names
@@ -162,9 +171,14 @@ class SotwStream:
         state.sent_at = time.monotonic()
         state.awaiting = True
         metrics.XDS_PUSHES.labels(type=type_urls.short_name(type_url)).inc()
-        logger.debug("[%s] push %s version=%s nonce=%s resources=%d",
-                     self.stream_id, type_urls.short_name(type_url),
-                     state.sent_version, state.nonce, len(resources))
+        logger.debug(
+            "[%s] push %s version=%s nonce=%s resources=%d",
+            self.stream_id,
+            type_urls.short_name(type_url),
+            state.sent_version,
+            state.nonce,
+            len(resources),
+        )
         return discovery_pb2.DiscoveryResponse(
             version_info=state.sent_version,
             resources=[r.packed for r in resources],
@@ -182,8 +196,13 @@ class SotwStream:
         metrics.XDS_PUSH_LATENCY.labels(type=short).observe(
             time.monotonic() - state.sent_at
         )
-        logger.debug("[%s] ACK %s version=%s nonce=%s", self.stream_id, short,
-                     request.version_info, request.response_nonce)
+        logger.debug(
+            "[%s] ACK %s version=%s nonce=%s",
+            self.stream_id,
+            short,
+            request.version_info,
+            request.response_nonce,
+        )
 
     def _nack(
         self, type_url: str, state: TypeState, request: discovery_pb2.DiscoveryRequest
@@ -198,6 +217,10 @@ class SotwStream:
         metrics.XDS_NACKS.labels(type=short).inc()
         logger.warning(
             "Envoy %s rejected %s version %s (nonce %s), keeps version %s: %s",
-            self.node_id or "?", short, state.sent_version, request.response_nonce,
-            request.version_info or "-", request.error_detail.message,
+            self.node_id or "?",
+            short,
+            state.sent_version,
+            request.response_nonce,
+            request.version_info or "-",
+            request.error_detail.message,
         )
