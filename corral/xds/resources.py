@@ -76,7 +76,7 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message)
     return packed
 
 

@@ -238,7 +238,7 @@ class AdsServer:
         return f"ads-{next(self._ids)}"
 
 
-class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(self, ads: AdsServer) -> None:
         self._ads = ads
 

@@ -40,7 +40,7 @@ def _content_version(data: bytes) -> str:
 
 def _resource(name: str, message: object) -> Resource:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message)
     data = packed.value  # Pack serialises deterministically
     return Resource(name=name, version=_content_version(data), packed=packed)
 
