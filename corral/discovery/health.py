@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 
 import aiohttp
@@ -31,6 +32,7 @@ from corral.config.settings import HealthCheckConfig
 from corral.discovery.probe import ProbeResult, probe_health, probe_registration
 from corral.observability.metrics import HEALTH_CHECKS, WORKERS
 from corral.pool import RegistrySnapshot, Worker, WorkerRegistry, WorkerState
+from corral.pool.worker import ip_literal
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +127,15 @@ class HealthChecker:
     async def _check(self, worker: Worker) -> None:
         assert self._session is not None
         config = self._config
+        if ip_literal(worker.host) is None:
+            resolved = await resolve(worker.host, worker.port)
+            current = self._registry.get(worker.id)
+            if current is not None and current.url == worker.url:
+                worker = self._registry.set_ip(worker.id, resolved) or worker
+            if resolved is None:
+                reason = f"{worker.host} does not resolve"
+                self._apply(worker, ProbeResult(False, reason))
+                return
         async with self._limit:
             if worker.state is WorkerState.READY:
                 result = await probe_health(
@@ -178,6 +189,19 @@ class HealthChecker:
         self._failures.pop(worker_id, None)
         self._successes.pop(worker_id, None)
         self._last_reason.pop(worker_id, None)
+
+
+async def resolve(host: str, port: int) -> str | None:
+    """The first address ``host`` resolves to (IPv4 first), or None."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )
+    except OSError:
+        return None
+    addresses = [info[4][0] for info in infos]
+    ipv4 = [a for a in addresses if ":" not in a]
+    return (ipv4 or addresses or [None])[0]
 
 
 def track_workers_gauge(registry: WorkerRegistry) -> Callable[[], None]:

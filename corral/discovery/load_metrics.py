@@ -194,7 +194,7 @@ class EngineLoadPoller:
     async def _fetch(self, session: aiohttp.ClientSession, worker: Worker) -> str:
         timeout = aiohttp.ClientTimeout(total=self._config.interval_s)
         async with session.get(
-            worker.url + METRICS_PATH, timeout=timeout, allow_redirects=False
+            worker.dial_url + METRICS_PATH, timeout=timeout, allow_redirects=False
         ) as response:
             text = await response.text(errors="replace")
             if not 200 <= response.status < 300:

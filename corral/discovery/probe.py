@@ -52,7 +52,7 @@ async def probe_health(
     """``GET {url}{path}``; ok when the status is 2xx within ``timeout_s``."""
     try:
         async with session.get(
-            worker.url + path, timeout=_timeout(timeout_s), allow_redirects=False
+            worker.dial_url + path, timeout=_timeout(timeout_s), allow_redirects=False
         ) as response:
             await response.read()
             if 200 <= response.status < 300:
@@ -71,7 +71,9 @@ async def fetch_models(
     OpenAI model list, and the aiohttp or timeout error when the call fails.
     """
     async with session.get(
-        worker.url + MODELS_PATH, timeout=_timeout(timeout_s), allow_redirects=False
+        worker.dial_url + MODELS_PATH,
+        timeout=_timeout(timeout_s),
+        allow_redirects=False,
     ) as response:
         if not 200 <= response.status < 300:
             await response.read()

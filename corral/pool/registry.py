@@ -116,6 +116,8 @@ class WorkerRegistry:
         """
         current = self._workers.get(worker.id)
         if current is not None:
+            if worker.ip is None and current.host == worker.host:
+                worker = replace(worker, ip=current.ip)
             if current.address == worker.address:
                 worker = replace(worker, state=current.state)
             readmitted = not current.admitted and worker.admitted
@@ -150,13 +152,27 @@ class WorkerRegistry:
         if current.state is WorkerState.DRAINING and state is not WorkerState.DRAINING:
             # A draining worker only leaves; health results no longer move it.
             return current
-        if state is WorkerState.READY and not current.admitted:
-            # Its source holds it out (a pod that is not Ready), whatever its
-            # health checks say.
+        if state is WorkerState.READY and (not current.admitted or current.ip is None):
+            # Its source holds it out (a pod that is not Ready), or its name has
+            # not resolved to an address Envoy can dial.
             return current
         updated = replace(current, state=state)
         self._workers[worker_id] = updated
         logger.info("worker %s: %s -> %s", worker_id, current.state.value, state.value)
+        self._changed()
+        return updated
+
+    def set_ip(self, worker_id: str, ip: str | None) -> Worker | None:
+        """Record what a worker's host name resolved to (None: it no longer
+        resolves, which takes the worker out of rotation)."""
+        current = self._workers.get(worker_id)
+        if current is None or current.ip == ip:
+            return current
+        updated = replace(current, ip=ip)
+        if ip is None and current.state is WorkerState.READY:
+            updated = replace(updated, state=WorkerState.NOT_READY)
+        self._workers[worker_id] = updated
+        logger.info("worker %s: %s resolves to %s", worker_id, current.host, ip or "-")
         self._changed()
         return updated
 

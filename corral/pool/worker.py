@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,11 +61,25 @@ class Worker:
     admitted: bool = True
     """The source's own verdict (a Kubernetes pod's Ready condition). A worker
     its source does not admit stays out of rotation whatever health checks say."""
+    ip: str | None = None
+    """The IP literal Envoy dials: the host itself when it is one, else what the
+    name resolved to (health checks resolve it again on every round)."""
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """``ip:port`` as Envoy and the endpoint picker protocol name the worker
+        (the host name until it has been resolved)."""
+        host = self.ip or self.host
+        host = f"[{host}]" if ":" in host else host
         return f"{host}:{self.port}"
+
+    @property
+    def dial_url(self) -> str:
+        """The base URL the gateway's own probes use: the resolved address for
+        plain HTTP (the same one Envoy dials), the named URL for TLS."""
+        if self.ip is None or self.url.startswith("https:"):
+            return self.url
+        return f"http://{self.address}"
 
     @property
     def ready(self) -> bool:
@@ -115,6 +130,17 @@ def parse_worker_url(url: str) -> tuple[str, str, int]:
     return f"{parts.scheme}://{bracketed}:{port}", host, port
 
 
+def ip_literal(host: str) -> str | None:
+    """``host`` as an IP literal (``localhost`` is 127.0.0.1), or None for a
+    name that needs resolving."""
+    if host.lower() == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
 def make_worker(
     url: str,
     *,
@@ -135,6 +161,7 @@ def make_worker(
         ) from exc
     bracketed = f"[{host}]" if ":" in host else host
     return Worker(
+        ip=ip_literal(host),
         id=worker_id or f"{bracketed}:{port}",
         url=normalised,
         host=host,

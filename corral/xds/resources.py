@@ -11,7 +11,6 @@ https://www.envoyproxy.io/docs/envoy/latest/api-docs/envoy/extensions/load_balan
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Iterable
 
@@ -61,7 +60,6 @@ _HEALTH = {
 
 # Hostnames cannot go into an EDS endpoint (Envoy wants IP literals there); this
 # one is common enough in local set-ups to translate.
-_LOCAL_NAMES = {"localhost": "127.0.0.1"}
 
 
 def buffer_limit_bytes(settings: Settings) -> int:
@@ -188,12 +186,9 @@ def build_cluster(model: str, settings: Settings) -> cluster_pb2.Cluster:
 
 
 def endpoint_ip(worker: Worker) -> str | None:
-    """The IP literal Envoy can use for ``worker``, or None if it has none."""
-    host = _LOCAL_NAMES.get(worker.host.lower(), worker.host)
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return None
+    """The IP literal Envoy can use for ``worker``: its host, or what its name
+    resolved to; None before a name has resolved."""
+    return worker.ip
 
 
 def build_assignment(
@@ -204,13 +199,8 @@ def build_assignment(
     for worker in workers:
         ip = endpoint_ip(worker)
         if ip is None:
-            # Known gap: workers named by DNS are left out of EDS; resolving them
-            # (a STRICT_DNS side cluster or resolution in discovery) would retire it.
-            logger.warning(
-                "worker %s has no IP address (%s); it is not sent to Envoy",
-                worker.id,
-                worker.host,
-            )
+            # A name not resolved yet (health checks resolve it): EDS takes IPs.
+            logger.debug("worker %s (%s) has no address yet", worker.id, worker.host)
             continue
         metadata = base_pb2.Metadata()
         metadata.filter_metadata["corral"].update({"worker_id": worker.id})

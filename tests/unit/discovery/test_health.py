@@ -162,3 +162,36 @@ async def test_health_results_and_worker_gauge_are_recorded(checked, fake_worker
     assert sample("corral_health_checks_total", result="success") > successes
     checked.remove(engine.worker_id)
     assert sample("corral_workers", model="gauge-model", state="ready") == 0
+
+
+async def test_a_worker_named_by_host_name_is_resolved_before_it_takes_traffic(
+    checked, fake_worker, monkeypatch
+):
+    from corral.discovery import health
+    from corral.xds.resources import build_assignment
+
+    engine = await fake_worker(models=["m"])
+    answers: dict[str, str | None] = {"worker-a.pool.internal": None}
+
+    async def resolve(host: str, port: int) -> str | None:
+        return answers.get(host)
+
+    monkeypatch.setattr(health, "resolve", resolve)
+    port = engine.url.rsplit(":", 1)[1]
+    checked.upsert(make_worker(f"http://worker-a.pool.internal:{port}", models=("m",)))
+    worker_id = f"worker-a.pool.internal:{port}"
+    await asyncio.sleep(0.2)
+    # Unresolved: never READY, and not offered to Envoy.
+    assert _state(checked, worker_id) is WorkerState.PENDING
+    assert not build_assignment("m", checked.snapshot().pool("m")).endpoints
+    answers["worker-a.pool.internal"] = "127.0.0.1"
+    await eventually(lambda: _state(checked, worker_id) is WorkerState.READY,
+                     what="resolved worker ready")
+    worker = checked.get(worker_id)
+    assert worker.address == f"127.0.0.1:{port}"
+    endpoint = build_assignment("m", [worker]).endpoints[0].lb_endpoints[0]
+    assert endpoint.endpoint.address.socket_address.address == "127.0.0.1"
+    # The name stops resolving: out of rotation, back when it resolves again.
+    answers["worker-a.pool.internal"] = None
+    await eventually(lambda: _state(checked, worker_id) is WorkerState.NOT_READY,
+                     what="unresolvable worker out")
