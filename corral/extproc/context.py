@@ -1,4 +1,5 @@
-"""What every request stream of one server shares: pools, policies, tokenizers.
+"""What every request stream of one server shares: pools, policies, tokenizers,
+and the meeting place of pickers and observers.
 
 Model names resolve to pools here: a configured model or one of its aliases, or
 a model some worker serves without being configured. Policies are built once per
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 from corral.config.settings import PolicyConfig, Settings
 from corral.errors import ConfigError, MissingModel, ModelNotFound
 from corral.extproc.hooks import Admission, AdmitAll, AllowAll, WorkerFilter
+from corral.extproc.meeting import OBSERVER_GRACE_S, Meetings
 from corral.extproc.prompt import PromptTokenizer
 from corral.observability.metrics import IN_FLIGHT
 from corral.openai.requests import MODEL_OPTIONAL, Endpoint
@@ -51,8 +53,11 @@ class ServerContext:
         tokenizer_for: TokenizerSource | None,
         breaker: WorkerFilter | None,
         admission: Admission | None,
+        observer_grace_s: float = OBSERVER_GRACE_S,
     ) -> None:
         self.registry = registry
+        self.meetings = Meetings(observer_grace_s)
+        """Routed requests whose response the observer filter's stream reports."""
         self.settings = settings
         self.breaker: WorkerFilter = breaker if breaker is not None else AllowAll()
         self.admission: Admission = admission if admission is not None else AdmitAll()

@@ -19,6 +19,12 @@ EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 UPSTREAM_ADDRESS = "upstream.address"
 RESPONSE_CODE = "response.code"
 
+TICKET_NAMESPACE = "corral.observe"
+"""Dynamic metadata namespace in which the picker leaves a request's ticket for
+the observer filter (the bootstrap forwards it to the observer; clients cannot
+write dynamic metadata). Must equal ``corral.xds.bootstrap.TICKET_NAMESPACE``."""
+TICKET_KEY = "ticket"
+
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 """Filter metadata namespace in which a mesh narrows the endpoints the picker
 may choose (endpoint picker protocol, "subset hint")."""
@@ -38,6 +44,8 @@ __all__ = [
     "STRIPPED_REQUEST_HEADERS",
     "SUBSET_KEY",
     "SUBSET_NAMESPACE",
+    "TICKET_KEY",
+    "TICKET_NAMESPACE",
     "UPSTREAM_ADDRESS",
     "WORKER_HEADER",
 ]

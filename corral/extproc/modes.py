@@ -3,8 +3,9 @@
 Envoy reports the body modes of its ext_proc filter in
 ``ProcessingRequest.protocol_config`` on the first message of each stream
 (https://www.envoyproxy.io/docs/envoy/v1.40.0/api-v3/service/ext_proc/v3/external_processor.proto).
-Corral's own bootstrap uses request BUFFERED and response STREAMED; meshes that
-run Corral as their endpoint picker (Istio, Envoy Gateway) use
+Corral's own bootstrap gives its picker request BUFFERED and response NONE (a
+second filter in observability mode watches the response, see ``watch``);
+meshes that run Corral as their endpoint picker (Istio, Envoy Gateway) use
 FULL_DUPLEX_STREAMED both ways, which changes how each phase is answered.
 
 The endpoint picker protocol of the Gateway API Inference Extension
@@ -30,14 +31,19 @@ from corral.extproc import headers as names
 logger = logging.getLogger(__name__)
 
 FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
+NONE = ProcessingMode.NONE
 
 
 @dataclass(frozen=True, slots=True)
 class BodyModes:
-    """Whether each body direction of a stream is FULL_DUPLEX_STREAMED."""
+    """Whether each body direction of a stream is FULL_DUPLEX_STREAMED, and
+    whether the response is watched by another stream (the observer filter)."""
 
     request_duplex: bool = False
     response_duplex: bool = False
+    observed_elsewhere: bool = False
+    """The response body mode is NONE: this stream never sees the response, so
+    the request's books are settled by the observer's stream (``watch``)."""
 
     @property
     def any_duplex(self) -> bool:
@@ -46,14 +52,15 @@ class BodyModes:
     @classmethod
     def of(cls, request: pb.ProcessingRequest) -> BodyModes:
         """The modes announced by a stream's first message. Without
-        ``protocol_config`` (older Envoys, hand-made clients) Corral's own
-        contract applies: request BUFFERED, response STREAMED."""
+        ``protocol_config`` (older Envoys, hand-made clients) the single-filter
+        contract applies: request BUFFERED, response STREAMED on this stream."""
         if not request.HasField("protocol_config"):
             return DEFAULT_MODES
         config = request.protocol_config
         return cls(
             request_duplex=config.request_body_mode == FULL_DUPLEX,
             response_duplex=config.response_body_mode == FULL_DUPLEX,
+            observed_elsewhere=config.response_body_mode == NONE,
         )
 
 

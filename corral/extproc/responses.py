@@ -62,6 +62,8 @@ class Route:
     endpoints: tuple[str, ...]
     pool: str
     stream: bool = False
+    ticket: str | None = None
+    """Set when the response is observed by another stream (``meeting``)."""
 
 
 def route_parts(decision: Route) -> tuple[pb.CommonResponse, Struct]:
@@ -91,16 +93,19 @@ def route_parts(decision: Route) -> tuple[pb.CommonResponse, Struct]:
     metadata.get_or_create_struct(names.LB_NAMESPACE)[names.DESTINATION_HEADER] = (
         destination
     )
+    if decision.ticket is not None:
+        metadata.get_or_create_struct(names.TICKET_NAMESPACE)[names.TICKET_KEY] = (
+            decision.ticket
+        )
     return common, metadata
 
 
-def route(
-    endpoints: Iterable[str], pool: str, *, on_headers: bool, stream: bool = False
-) -> pb.ProcessingResponse:
+def route(decision: Route, *, on_headers: bool) -> pb.ProcessingResponse:
     """The routing decision in Corral's own contract (request body BUFFERED):
     sent on the request body, or on the request headers when the request has
-    no body. See ``route_parts`` for what it carries."""
-    common, metadata = route_parts(Route(tuple(endpoints), pool, stream))
+    no body. See ``route_parts`` for what it carries; with a ticket, the
+    metadata also carries it in ``TICKET_NAMESPACE`` for the observer."""
+    common, metadata = route_parts(decision)
     if on_headers:
         return pb.ProcessingResponse(
             request_headers=pb.HeadersResponse(response=common),

@@ -1,4 +1,6 @@
-"""The ExternalProcessor gRPC service: one ``Process`` stream per HTTP request.
+"""The ExternalProcessor gRPC service: one ``Process`` stream per HTTP request
+and ext_proc filter (the picker's, and in Corral's own bootstrap also the
+observer's).
 
 ``Process`` uses ``context.read()`` / ``context.write()`` rather than an async
 generator: measured in ``bench/extproc_bench.py`` (and in the reference
@@ -27,7 +29,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from corral.config.settings import Settings
 from corral.extproc.context import PolicySource, ServerContext, TokenizerSource
 from corral.extproc.hooks import Admission, WorkerFilter
+from corral.extproc.meeting import OBSERVER_GRACE_S
 from corral.extproc.stream import RequestStream
+from corral.extproc.watch import ObserverStream
 from corral.pool.registry import WorkerRegistry
 
 logger = logging.getLogger(__name__)
@@ -59,6 +63,9 @@ class ExtProcServer:
     pool name to a ``ModelTokenizer`` (or ``None``: route on text); by default
     ``ModelConfig.tokenizer`` is loaded. ``breaker`` and ``admission`` are the
     resilience hooks of ``corral.extproc.hooks``; both default to no-ops.
+    ``observer_grace_s``: how long a routed request whose picker stream ended
+    waits for an observer stream before it is released unobserved
+    (``meeting``).
 
     Construct on the event loop; ``add_to_server`` registers the service and
     starts loading tokenizers in the background (``start()`` awaits it);
@@ -74,6 +81,7 @@ class ExtProcServer:
         tokenizer_for: TokenizerSource | None = None,
         breaker: WorkerFilter | None = None,
         admission: Admission | None = None,
+        observer_grace_s: float = OBSERVER_GRACE_S,
     ) -> None:
         self.settings = settings
         self.context = ServerContext(
@@ -83,6 +91,7 @@ class ExtProcServer:
             tokenizer_for=tokenizer_for,
             breaker=breaker,
             admission=admission,
+            observer_grace_s=observer_grace_s,
         )
         self._start: asyncio.Task[None] | None = None
 
@@ -118,15 +127,24 @@ class ExtProcServer:
         return RequestStream(self.context)
 
     async def process(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """Serve one ext_proc stream with ``context.read()`` / ``write()``."""
+        """Serve one ext_proc stream with ``context.read()`` / ``write()``: a
+        picker's (answered message by message) or, when its messages carry
+        ``observability_mode``, an observer's (never answered, ``watch``)."""
+        first = await context.read()
+        if first is grpc.aio.EOF:
+            return
+        if first.observability_mode:
+            await self._watch(context, first)
+            return
         stream = RequestStream(self.context)
         try:
+            request = first
             while True:
+                for response in await stream.respond(request):
+                    await context.write(response)
                 request = await context.read()
                 if request is grpc.aio.EOF:
                     break
-                for response in await stream.respond(request):
-                    await context.write(response)
         except asyncio.CancelledError:
             # Envoy resets the gRPC stream when the HTTP stream ends, sometimes
             # even after a complete response (envoy.md Q5): close() decides from
@@ -137,6 +155,25 @@ class ExtProcServer:
             raise
         finally:
             stream.close()
+
+    async def _watch(
+        self, context: grpc.aio.ServicerContext[Any, Any], first: pb.ProcessingRequest
+    ) -> None:
+        watcher = ObserverStream(self.context)
+        try:
+            request = first
+            while True:
+                watcher.feed(request)
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("ext_proc observer stream failed")
+            raise
+        finally:
+            watcher.close()
 
 
 class _Servicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]

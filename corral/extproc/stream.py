@@ -1,8 +1,8 @@
 """One HTTP request's life on the ext_proc stream, phase by phase.
 
-Phases, in the order Envoy sends them with Corral's own processing modes
-(request headers SEND, request body BUFFERED, response headers SEND, response
-body STREAMED, trailers SKIP):
+Phases, in the order Envoy sends them to a single filter that sees both
+directions (request headers SEND, request body BUFFERED, response headers SEND,
+response body STREAMED, trailers SKIP):
 
 1. request headers: answer ``GET /v1/models`` locally; refuse a declared
    ``content-length`` above the limit (413) before any body is read; a request
@@ -17,6 +17,15 @@ body STREAMED, trailers SKIP):
    stops before it (EOF or cancellation: client gone, upstream reset) is an
    abort. Either way ``close()`` releases the charge and admission slot exactly
    once.
+
+Corral's own bootstrap splits this: its picker filter has response headers
+SKIP and response body NONE (``protocol_config`` says so, see ``modes``), so
+its stream ends after phase 2 as far as messages go, and phases 3-5 arrive on
+the observer filter's stream (``watch``), never awaited by Envoy. The picker
+then leaves the request's books in ``ctx.meetings`` with a ticket that Envoy
+carries to the observer as dynamic metadata; ``x-corral-worker`` and the
+``x-request-id`` echo come from Envoy itself (route ``response_headers_to_add``
+with ``%UPSTREAM_HOST%``, HCM ``always_set_request_id_in_response``).
 
 Every request message gets exactly one answer of its phase
 (https://www.envoyproxy.io/docs/envoy/v1.40.0/api-v3/service/ext_proc/v3/external_processor.proto),
@@ -54,9 +63,8 @@ from corral.errors import (
 from corral.extproc import headers as names
 from corral.extproc import responses
 from corral.extproc.context import ServerContext
-from corral.extproc.ledger import RequestLedger
-from corral.extproc.modes import BodyModes, served_endpoint, subset_hint
-from corral.extproc.observe import ResponseObserver
+from corral.extproc.ledger import RequestLedger, header_map
+from corral.extproc.modes import BodyModes, subset_hint
 from corral.extproc.prompt import DEFAULT_ROUTING_CHARS
 from corral.observability.metrics import (
     DECISION_SECONDS,
@@ -72,16 +80,6 @@ MAX_WORKERS = 3
 """Primary plus fallbacks written into the destination list."""
 _REQUEST_PHASES = frozenset({"request_headers", "request_body", "request_trailers"})
 _NOTHING: tuple[pb.ProcessingResponse, ...] = ()
-
-
-def _header_map(message: pb.HttpHeaders) -> dict[str, str]:
-    # Envoy sends values in raw_value (bytes) unless configured otherwise.
-    return {
-        h.key.lower(): h.raw_value.decode("utf-8", "replace")
-        if h.raw_value
-        else h.value
-        for h in message.headers.headers
-    }
 
 
 class RequestStream(RequestLedger):
@@ -163,7 +161,7 @@ class RequestStream(RequestLedger):
     ) -> pb.ProcessingResponse | None:
         """The answer to the request headers, or ``None`` when a body follows
         and the headers pass unchanged (for now)."""
-        self.headers = _header_map(message)
+        self.headers = header_map(message)
         self.request_id = self.headers.get(names.REQUEST_ID_HEADER)
         self.method = self.headers.get(":method", "")
         self.path = self.headers.get(":path", "")
@@ -187,9 +185,7 @@ class RequestStream(RequestLedger):
         decision = await self._decide(ParsedRequest(Endpoint.OTHER))
         if decision is None:
             return responses.CONTINUE_REQUEST_HEADERS
-        return responses.route(
-            decision.endpoints, decision.pool, on_headers=True, stream=decision.stream
-        )
+        return responses.route(decision, on_headers=True)
 
     def _models_answer(self) -> pb.ProcessingResponse | None:
         model = model_answers.models_path_id(self.path)
@@ -222,9 +218,7 @@ class RequestStream(RequestLedger):
         decision = await self._decide(parsed)
         if decision is None:
             return responses.CONTINUE_REQUEST_BODY
-        return responses.route(
-            decision.endpoints, decision.pool, on_headers=False, stream=decision.stream
-        )
+        return responses.route(decision, on_headers=False)
 
     # -- request, FULL_DUPLEX_STREAMED -------------------------------------------
 
@@ -339,6 +333,10 @@ class RequestStream(RequestLedger):
         self.tokens = count
         self.primary_id = workers[0].id
         self._charge(workers[0].id)
+        ticket: str | None = None
+        if self.modes is not None and self.modes.observed_elsewhere:
+            self.meeting = ctx.meetings.announce(self.request_id, self)
+            ticket = self.meeting[1]
         logger.debug(
             "request %s model=%s worker=%s fallbacks=%s reason=%s tokens=%d",
             self.request_id,
@@ -349,71 +347,42 @@ class RequestStream(RequestLedger):
             count,
         )
         return responses.Route(
-            tuple(w.address for w in workers), pool, stream=parsed.stream
+            tuple(w.address for w in workers), pool, stream=parsed.stream, ticket=ticket
         )
 
     # -- response ---------------------------------------------------------------
 
     def _response_headers(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
-        message = request.response_headers
-        headers = _header_map(message)
-        status = headers.get(":status", "")
-        self.status = int(status) if status.isdigit() else None
-        # The protocol's served-endpoint metadata when the mesh sends it, else
-        # the upstream.address attribute; both name the host after retries.
-        served = served_endpoint(request) or self._served_address(request)
-        if served and self.worker_id is not None:
-            self._follow(served)
-        self.observer = ResponseObserver(self.started, headers.get("content-type", ""))
+        if self.meeting is not None:
+            # The observer's stream keeps these books; nothing to add here.
+            return responses.CONTINUE_RESPONSE_HEADERS
+        self.observe_response_headers(request)
         added: dict[str, str] = {}
         if self.worker_id is not None:
             added[names.WORKER_HEADER] = self.worker_id
         if self.request_id:
             added[names.REQUEST_ID_HEADER] = self.request_id
-        if message.end_of_stream:
-            self._finish()
         return responses.response_headers(added)
 
-    @staticmethod
-    def _served_address(request: pb.ProcessingRequest) -> str | None:
-        attributes = request.attributes.get(names.EXT_PROC_ATTRIBUTES)
-        if attributes is None:
-            return None
-        value = attributes.fields.get(names.UPSTREAM_ADDRESS)
-        return value.string_value if value is not None and value.string_value else None
-
-    def _follow(self, address: str) -> None:
-        """Move the charge to the worker that really served, if Envoy retried."""
-        current = self.ctx.registry.get(self.worker_id or "")
-        if current is not None and current.address == address:
-            return
-        served = self.ctx.registry.find_by_address(address)
-        if served is None or served.id == self.worker_id:
-            return
-        previous = self.worker_id
-        assert previous is not None
-        # Envoy moves on only after a failed attempt (connect failure, reset,
-        # retriable status): that attempt counts against the primary.
-        self.ctx.breaker.record_outcome(previous, None, True)
-        self._uncharge()
-        self._charge(served.id)
-        logger.debug(
-            "request %s retried from %s to %s", self.request_id, previous, served.id
-        )
-
     def _response_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
-        self._observe(message)
+        if self.meeting is None:
+            self.observe_response_body(message)
         return responses.CONTINUE_RESPONSE_BODY
 
     def _duplex_response_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
         # Echoed at once, never held: a held chunk would stall the stream.
-        self._observe(message)
+        self.observe_response_body(message)
         return responses.duplex_response_body(
             message.body, end_of_stream=message.end_of_stream
         )
 
-    def _observe(self, message: pb.HttpBody) -> None:
-        if self.observer is not None and message.body:
-            self.observer.chunk(message.body, time.monotonic())
-        if message.end_of_stream:
-            self._finish()
+    # -- the end ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """The picker's gRPC stream is over. A request whose response another
+        stream observes is left to it (``meeting.Meetings.picker_ended``);
+        otherwise, without a finished response, an abort."""
+        if self.meeting is not None and not self.finished:
+            self.ctx.meetings.picker_ended(self.meeting)
+            return
+        super().close()
