@@ -13,7 +13,8 @@ import yaml
 from corral.cli import main
 from corral.config.settings import Settings, parse_settings
 from corral.envoy_binary import find_envoy
-from corral.xds.bootstrap import render_bootstrap
+from corral.extproc import headers as extproc_names
+from corral.xds.bootstrap import OBSERVER_FILTER, TICKET_NAMESPACE, render_bootstrap
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "envoy" / "corral-envoy.yaml"
 
@@ -31,11 +32,12 @@ def test_example_file_matches_the_default_settings() -> None:
     assert yaml.safe_load(EXAMPLE.read_text()) == render_bootstrap(Settings())
 
 
-def test_filters_run_strip_then_ext_proc_then_router() -> None:
+def test_filters_run_strip_then_picker_then_observer_then_router() -> None:
     filters = _hcm(render_bootstrap(Settings()))["http_filters"]
     assert [f["name"] for f in filters] == [
         "envoy.filters.http.header_mutation",
         "envoy.filters.http.ext_proc",
+        OBSERVER_FILTER,
         "envoy.filters.http.router",
     ]
     removed = [m["remove"] for m in
@@ -44,11 +46,64 @@ def test_filters_run_strip_then_ext_proc_then_router() -> None:
         "x-gateway-destination-endpoint", "x-gateway-destination-endpoint-served",
         "x-corral-pool", "x-corral-cluster", "x-corral-stream", "x-corral-worker",
     }
-    ext_proc = filters[1]["typed_config"]
-    assert ext_proc["processing_mode"]["request_body_mode"] == "BUFFERED"
-    assert ext_proc["processing_mode"]["response_body_mode"] == "STREAMED"
-    assert ext_proc["metadata_options"]["receiving_namespaces"]["untyped"] == ["envoy.lb"]
-    assert ext_proc["response_attributes"] == ["upstream.address"]
+
+
+def test_picker_sees_only_the_request_and_receives_the_ticket_namespace() -> None:
+    picker = _hcm(render_bootstrap(Settings()))["http_filters"][1]["typed_config"]
+    assert picker["processing_mode"] == {
+        "request_header_mode": "SEND",
+        "request_body_mode": "BUFFERED",
+        "request_trailer_mode": "SKIP",
+        "response_header_mode": "SKIP",
+        "response_body_mode": "NONE",
+        "response_trailer_mode": "SKIP",
+    }
+    assert "observability_mode" not in picker
+    assert picker["metadata_options"]["receiving_namespaces"]["untyped"] == [
+        "envoy.lb", extproc_names.TICKET_NAMESPACE]
+    closed = parse_settings({"envoy": {"failure_mode_allow": False}})
+    picker = _hcm(render_bootstrap(closed))["http_filters"][1]["typed_config"]
+    assert picker["failure_mode_allow"] is False
+
+
+def test_observer_watches_the_response_unawaited_and_always_fails_open() -> None:
+    closed = parse_settings({"envoy": {"failure_mode_allow": False}})
+    for settings in (Settings(), closed):
+        observer = _hcm(render_bootstrap(settings))["http_filters"][2]["typed_config"]
+        assert observer["observability_mode"] is True
+        assert observer["failure_mode_allow"] is True
+    assert observer["grpc_service"]["envoy_grpc"]["cluster_name"] == (
+        "corral_control_plane")
+    assert observer["processing_mode"] == {
+        "request_header_mode": "SEND",
+        "request_body_mode": "NONE",
+        "request_trailer_mode": "SKIP",
+        "response_header_mode": "SEND",
+        "response_body_mode": "STREAMED",
+        "response_trailer_mode": "SKIP",
+    }
+    assert observer["response_attributes"] == ["upstream.address"]
+    assert observer["deferred_close_timeout"] == "2s"
+    # The ticket the picker leaves reaches the observer; the two modules name
+    # the namespace separately (xds and extproc do not import each other).
+    assert TICKET_NAMESPACE == extproc_names.TICKET_NAMESPACE
+    assert observer["metadata_options"]["forwarding_namespaces"]["untyped"] == [
+        TICKET_NAMESPACE]
+
+
+def test_every_pool_route_names_the_serving_worker_by_address() -> None:
+    settings = parse_settings({"models": [{"name": "a"}, {"name": "b"}],
+                               "default_model": "a"})
+    routes = _routes(render_bootstrap(settings))
+    for route in routes:
+        assert route["response_headers_to_add"] == [{
+            "header": {"key": "x-corral-worker", "value": "%UPSTREAM_HOST%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }], route["name"]
+    no_pool = _routes(render_bootstrap(parse_settings(
+        {"models": [{"name": "a"}, {"name": "b"}]})))[-1]
+    assert "x-corral-worker" not in json.dumps(no_pool)
+    assert _hcm(render_bootstrap(settings))["always_set_request_id_in_response"]
 
 
 def test_one_route_per_pool_then_catch_all_to_the_only_pool() -> None:
