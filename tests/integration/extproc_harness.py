@@ -9,6 +9,9 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import (
+    ProcessingMode,
+)
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf.struct_pb2 import Struct
@@ -59,6 +62,34 @@ def headers_message(
             headers=HeaderMap(headers=values), end_of_stream=end_of_stream
         )
     )
+
+
+def picker_first(message: pb.ProcessingRequest) -> pb.ProcessingRequest:
+    """The first message of a picker stream in Corral's own bootstrap: its
+    ``protocol_config`` says the response body is NONE (observed elsewhere)."""
+    message.protocol_config.request_body_mode = ProcessingMode.BUFFERED
+    message.protocol_config.response_body_mode = ProcessingMode.NONE
+    return message
+
+
+def observed(
+    message: pb.ProcessingRequest, ticket: str | None = None
+) -> pb.ProcessingRequest:
+    """A message as the observer filter sends it: ``observability_mode`` set and
+    the forwarded ticket namespace in ``metadata_context`` (on every message,
+    as Envoy does)."""
+    message.observability_mode = True
+    if ticket is not None:
+        message.metadata_context.filter_metadata["corral.observe"].update(
+            {"ticket": ticket}
+        )
+    return message
+
+
+def ticket_of(decision: pb.ProcessingResponse) -> str:
+    """The ticket a picker's decision leaves in dynamic metadata."""
+    fields = decision.dynamic_metadata.fields
+    return fields["corral.observe"].struct_value.fields["ticket"].string_value
 
 
 def body_message(body: bytes, *, end_of_stream: bool = True) -> pb.ProcessingRequest:
@@ -146,6 +177,7 @@ class Harness:
         *,
         tokenizer_for: Any = None,
         breaker: RecordingBreaker | None = None,
+        observer_grace_s: float = 3.0,
     ) -> None:
         self.registry = registry
         self.settings = parse_settings(
@@ -159,6 +191,7 @@ class Harness:
             policy_for=lambda _pool: self.policy,
             tokenizer_for=tokenizer_for or (lambda _pool: None),
             breaker=self.breaker,
+            observer_grace_s=observer_grace_s,
         )
         self.server: grpc.aio.Server | None = None
         self.channel: grpc.aio.Channel | None = None
@@ -182,6 +215,14 @@ class Harness:
 
     def open(self) -> Any:
         return self.stub.Process()
+
+    async def observe(self, messages: Sequence[pb.ProcessingRequest]) -> None:
+        """One observer stream: every message sent, none answered, then ended."""
+        call = self.open()
+        for message in messages:
+            await call.write(message)
+        await call.done_writing()
+        assert await call.read() is grpc.aio.EOF
 
     async def exchange(self, messages: Sequence[pb.ProcessingRequest]) -> list[Any]:
         call = self.open()
