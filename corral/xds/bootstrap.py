@@ -55,8 +55,9 @@ only how late an abort (no end of stream) is settled."""
 
 
 def _worker_response_header() -> list[dict[str, Any]]:
-    """``x-corral-worker``: the address (``ip:port``) of the worker that served
-    the last attempt, substituted by Envoy itself. Worker ids are that address
+    """``x-corral-worker`` on the routes the picker's ``x-corral-pool`` or
+    ``x-corral-cluster`` selects: the address (``ip:port``) of the worker that
+    served the last attempt, substituted by Envoy itself. Worker ids are that address
     for every source but Kubernetes (``namespace/pod:port``); the header always
     carries the address. A reply no upstream made (a local reply, a picker's
     refusal) has no upstream host and gets no header (seen on Envoy 1.40)."""
@@ -354,10 +355,11 @@ def _routes(settings: Settings) -> list[dict[str, Any]]:
         )
     fallback = default_pool(settings)
     if fallback is not None:
+        # No x-corral-worker here: only requests the picker routed carry it, so
+        # its absence marks fail-open traffic.
         routes.append(
             {"name": "default_pool", "match": {"prefix": "/"},
-             "route": _pool_action(fallback, settings),
-             "response_headers_to_add": _worker_response_header()}
+             "route": _pool_action(fallback, settings)}
         )
     else:
         body = (

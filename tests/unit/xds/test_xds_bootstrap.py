@@ -91,11 +91,15 @@ def test_observer_watches_the_response_unawaited_and_always_fails_open() -> None
         TICKET_NAMESPACE]
 
 
-def test_every_pool_route_names_the_serving_worker_by_address() -> None:
+def test_every_picked_route_names_the_serving_worker_by_address() -> None:
     settings = parse_settings({"models": [{"name": "a"}, {"name": "b"}],
                                "default_model": "a"})
     routes = _routes(render_bootstrap(settings))
-    for route in routes:
+    # Fail-open traffic (the catch-all) carries no x-corral-worker: its absence
+    # tells a client the picker did not route the request.
+    assert routes[-1]["name"] == "default_pool"
+    assert "response_headers_to_add" not in routes[-1]
+    for route in routes[:-1]:
         assert route["response_headers_to_add"] == [{
             "header": {"key": "x-corral-worker", "value": "%UPSTREAM_HOST%"},
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
