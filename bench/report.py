@@ -248,7 +248,8 @@ def write_report(data: dict[str, Any], out_dir: Path) -> Path:
         f"Run {data['stamp']} ({'quick' if data['quick'] else 'full'} mode), "
         f"{data['workers']} simulated workers per gateway, {data['repeats']} "
         f"repeat(s), {data['elapsed_s'] / 60:.1f} minutes. Regenerate with "
-        f"`python -m bench.run{' --quick' if data['quick'] else ''}`.",
+        f"`python -m bench.run{' --quick' if data['quick'] else ''}"
+        f"{' --repeats ' + str(data['repeats']) if data['repeats'] > 1 else ''}`.",
         "",
         "## Machine",
         "",
