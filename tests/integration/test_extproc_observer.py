@@ -82,7 +82,8 @@ def _observer_messages(
     ]
     messages += [observed(response_body_message(c), ticket) for c in chunks]
     if end:
-        messages.append(observed(response_body_message(b"", end_of_stream=True), ticket))
+        last = response_body_message(b"", end_of_stream=True)
+        messages.append(observed(last, ticket))
     return messages
 
 
@@ -192,8 +193,8 @@ async def test_same_client_request_id_twice_at_once_keeps_each_request_books():
         assert registry.load(W2).processed == 1
         # A forged observer (right id, no ticket, or a ticket already used) and
         # a second observer with B's ticket change nothing.
-        await h.observe([observed(headers_message(chat_headers(**{
-            "x-request-id": "dup"})))] + _observer_messages(ticket_a)[1:])
+        no_ticket = observed(headers_message(chat_headers(**{"x-request-id": "dup"})))
+        await h.observe([no_ticket, *_observer_messages(ticket_a)[1:]])
         await h.observe(_observer_messages(ticket_b, request_id="dup"))
         assert registry.load(W1).requests == 1
         # A's own observer: its client left mid-stream.
