@@ -121,7 +121,7 @@ async def test_a_thousand_concurrent_connections_all_succeed(
         f"p99={result.percentile(0.99) * 1000:.0f}ms "
         f"max={max(result.latencies) * 1000:.0f}ms"
     )
-    assert result.failed == 0, (result.statuses, stack.logs())
+    assert result.failed == 0, (result.statuses, result.failures, stack.logs())
     assert opened >= CONNECTIONS
     poll(lambda: _idle(stack, sim_ports), 10, "every worker idle again")
 
@@ -182,7 +182,7 @@ async def test_a_slow_reading_client_disturbs_no_one_and_frees_its_worker(
         f"p50={result.percentile(0.5) * 1000:.0f}ms "
         f"p99={result.percentile(0.99) * 1000:.0f}ms"
     )
-    assert result.failed == 0, (result.statuses, stack.logs())
+    assert result.failed == 0, (result.statuses, result.failures, stack.logs())
     # The worker finished long before the reader: Envoy holds the rest of the
     # answer, and the worker's slot (engine and gateway count) is free already.
     poll(lambda: _idle(stack, sim_ports), 10, "workers idle while the reader reads")

@@ -94,7 +94,7 @@ async def test_killing_the_control_plane_under_load_fails_no_request(
         f"p99={result.percentile(0.99) * 1000:.0f}ms"
     )
     assert result.sent == 1200
-    assert result.failed == 0, (result.statuses, stack.logs())
+    assert result.failed == 0, (result.statuses, result.failures, stack.logs())
     # Some requests really went through while the control plane was gone.
     assert result.workers["-"] > 0
     # Picking resumes after the restart: answers carry the picked worker again.
@@ -126,7 +126,7 @@ async def test_envoy_keeps_its_last_config_while_the_ads_stream_is_cut(
     assert _endpoints_in_envoy(stack) == expected
     result = await run_load(stack.gateway, total=60, concurrency=4, deadline_s=20)
     print(f"ads-cut: sent={result.sent} statuses={dict(result.statuses)}")
-    assert result.failed == 0, (result.statuses, stack.logs())
+    assert result.failed == 0, (result.statuses, result.failures, stack.logs())
     assert _endpoints_in_envoy(stack) == expected
 
     stack.start_serve()

@@ -220,6 +220,8 @@ class LoadResult:
     workers: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     """Seconds from sending to the last byte, of the requests answered 200."""
+    failures: list[str] = field(default_factory=list)
+    """Status and body start of each failed request, for the assertion message."""
 
     def percentile(self, share: float) -> float:
         ordered = sorted(self.latencies)
@@ -267,6 +269,7 @@ async def run_load(
             }
             result.sent += 1
             began = time.monotonic()
+            detail = ""
             try:
                 async with client.stream(
                     "POST", "/v1/chat/completions", json=body
@@ -275,10 +278,13 @@ async def run_load(
                     status = str(response.status_code)
                     if stream and status == "200" and b"[DONE]" not in response.content:
                         status = "truncated-stream"
+                    detail = response.text[:300]
                     result.workers[response.headers.get("x-corral-worker", "-")] += 1
             except httpx.HTTPError as exc:
                 status = type(exc).__name__
             result.statuses[status] += 1
+            if status != "200" and len(result.failures) < 5:
+                result.failures.append(f"{status} {detail}")
             if status == "200":
                 result.latencies.append(time.monotonic() - began)
             done += 1

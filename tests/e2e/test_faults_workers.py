@@ -48,7 +48,7 @@ async def test_killing_a_worker_under_load_fails_no_non_streaming_request(
     )
     print(f"kill-worker: sent={result.sent} statuses={dict(result.statuses)}")
     assert result.sent == 300
-    assert result.failed == 0, (result.statuses, stack.logs())
+    assert result.failed == 0, (result.statuses, result.failures, stack.logs())
     assert victim.exited() is not None
 
 
@@ -62,7 +62,7 @@ async def test_a_worker_answering_503_opens_its_breaker_and_clients_see_200(
     worker_id = f"127.0.0.1:{bad}"
     result = await run_load(stack.gateway, total=60, concurrency=4)
     print(f"503-worker: sent={result.sent} statuses={dict(result.statuses)}")
-    assert result.failed == 0, (result.statuses, stack.logs())
+    assert result.failed == 0, (result.statuses, result.failures, stack.logs())
     assert result.workers[worker_id] == 0
     assert stack.metric("corral_circuit_breaker_open", worker=worker_id) == 1
     # The worker recovers: after open_duration_s a probe succeeds and closes it.
@@ -102,7 +102,7 @@ async def test_a_hanging_worker_s_requests_succeed_on_another_worker(
     result = await run_load(stack.gateway, total=40, concurrency=4, deadline_s=50)
     print(f"hanging-worker: sent={result.sent} statuses={dict(result.statuses)} "
           f"workers={dict(result.workers)}")
-    assert result.failed == 0, (result.statuses, stack.logs())
+    assert result.failed == 0, (result.statuses, result.failures, stack.logs())
     assert result.workers[f"127.0.0.1:{hung}"] == 0
     # The attempts Envoy ended count against the hung worker: its breaker opened
     # (the gauge exists only once a breaker has opened).
@@ -119,7 +119,7 @@ async def test_a_slow_starting_worker_gets_traffic_only_once_ready(
     stack.start({sim_ports[0]: (), slow: ("--slow-start", "3")})
     result = await run_load(stack.gateway, total=40, concurrency=4)
     print(f"slow-start: sent={result.sent} statuses={dict(result.statuses)}")
-    assert result.failed == 0, (result.statuses, stack.logs())
+    assert result.failed == 0, (result.statuses, result.failures, stack.logs())
     poll(
         lambda: any(
             w["id"] == f"127.0.0.1:{slow}" and w["state"] == "ready"
