@@ -30,8 +30,8 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 # smg 1.13.0 fails to bind free ports inside the Linux ephemeral range
-# (32768-60999), see /work/shared/reference/smg.md section 15; every port the
-# harness hands out therefore comes from below it.
+# (32768-60999) with "Address already in use"; every port the harness hands
+# out therefore comes from below it.
 _PORT_RANGE = (20000, 32000)
 _taken: set[int] = set()
 

@@ -1,7 +1,7 @@
 """``cache_aware``: send a request where its prompt prefix is already cached.
 
-The decision follows SMG's tree mode (/work/shared/reference/smg.md section 3,
-"Decision (tree mode)"):
+The decision follows the Shepherd Model Gateway's tree mode
+(smg-project/smg, ``policies/cache_aware.rs``):
 
 1. Match the prompt against the pool's tree. ``ratio`` = units matched by the
    deepest candidate holder / units in the request.

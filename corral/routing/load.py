@@ -14,8 +14,8 @@ by polling and lag, so they are only used while ``WorkerLoad.engine_fresh`` says
 they are younger than ``stale_after_s``: a stale reading (a worker whose metrics
 endpoint stopped answering) must not keep steering traffic. ``running`` already
 includes what this gateway sent, so only the excess over ``requests`` is added.
-The KV term grows without bound as the cache fills, as in SMG's least_load score
-(see /work/shared/reference/smg.md section 2), with ``k`` capped below 1.
+The KV term grows without bound as the cache fills, as in the Shepherd Model
+Gateway's least_load score (``policies/least_load.rs``), with ``k`` capped below 1.
 """
 
 from __future__ import annotations
