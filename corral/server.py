@@ -20,11 +20,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from corral.config import Settings
-from corral.pool import WorkerRegistry
+from corral.pool import WorkerRegistry, WorkerState
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
+WARMUP_LIMIT_S = 5.0
+"""Longest wait for the first probe of every configured worker before the gRPC
+port opens."""
 HEALTH_SERVICES = (
     "",
     "envoy.service.ext_proc.v3.ExternalProcessor",
@@ -79,10 +82,12 @@ class ControlPlane:
         # checks query: SERVING once everything listens, NOT_SERVING on the way out.
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(str(settings.grpc))
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(str(settings.grpc))
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {settings.grpc} for gRPC: {exc}") from None
         if not self.grpc_port:
-            raise OSError(f"cannot listen on {settings.grpc} for gRPC")
-        await self._grpc.start()
+            raise OSError(f"cannot listen on {settings.grpc} for gRPC (in use?)")
 
         app = build_admin_app(self.registry, settings)
         self._admin = await start_admin(app, settings.admin.host, settings.admin.port)
@@ -90,6 +95,13 @@ class ControlPlane:
 
         for name, task in _background_tasks(settings, self.registry):
             self._spawn(task, name)
+        # Envoy's requests reach the picker only once the configured workers
+        # have had their first probe: a control plane that restarts under load
+        # would otherwise answer 503 "no healthy worker" for the milliseconds
+        # before its registry fills, where Envoy, failing open while the port
+        # is closed, still routes on the endpoints it already has.
+        await self._first_probes(WARMUP_LIMIT_S)
+        await self._grpc.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         logger.info(
             "corral serving: grpc %s:%d (ext_proc, ADS), admin http://%s:%d",
@@ -98,6 +110,19 @@ class ControlPlane:
             settings.admin.host,
             self.admin_port,
         )
+
+    async def _first_probes(self, limit_s: float) -> None:
+        """Wait until no worker is PENDING (each has been probed once), at most
+        ``limit_s``; sources get a moment to register their workers first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        await asyncio.sleep(0.05)
+        while loop.time() < deadline:
+            workers = self.registry.snapshot().workers.values()
+            if not any(w.state is WorkerState.PENDING for w in workers):
+                return
+            await asyncio.sleep(0.02)
+        logger.info("starting before every worker was probed (%.0fs passed)", limit_s)
 
     async def _set_health(self, status: int) -> None:
         if self._health is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from corral.commands._checks import check_settings
 from corral.config.settings import load_config
 from corral.xds.bootstrap import render_bootstrap
 
@@ -45,6 +46,7 @@ def render_text(data: dict[str, object], fmt: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
+    check_settings(settings)
     text = render_text(render_bootstrap(settings, delta=args.delta), args.format)
     if args.output is None:
         sys.stdout.write(text)

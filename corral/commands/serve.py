@@ -6,8 +6,10 @@ bootstrap from `corral envoy-config`.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from corral.commands._checks import check_settings
 from corral.config import load_config
 from corral.observability.logs import configure_logging
 
@@ -30,9 +32,14 @@ def run(args: argparse.Namespace) -> int:
     from corral.server import run_event_loop, serve
 
     settings = load_config(args.config)
+    check_settings(settings)
     configure_logging(
         args.log_level or settings.logging.level,
         json_format=args.log_json or settings.logging.json_format,
     )
-    run_event_loop(serve(settings))
+    try:
+        run_event_loop(serve(settings))
+    except OSError as exc:
+        print(f"corral serve: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from corral.commands._checks import check_settings
 from corral.commands._processes import Child, corral_argv, wait_http_ok
 from corral.config import ModelConfig, Settings, load_config, parse_settings
 from corral.config.settings import ENV_PREFIX
@@ -36,11 +37,18 @@ DEFAULT_SIM_PORT = 8001
 STARTUP_TIMEOUT_S = 60.0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML configuration file")
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_positive,
         default=DEFAULT_SIM_WORKERS,
         help="simulated workers to start when the configuration names none "
         f"(default {DEFAULT_SIM_WORKERS})",
@@ -90,6 +98,8 @@ def _needs_simulated_workers(settings: Settings) -> bool:
 
 def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # As servers bind: a port left in TIME_WAIT by the last run is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -178,6 +188,7 @@ def _supervise(envoy: Child, serve: Child, others: list[Child], log_dir: Path) -
 def run(args: argparse.Namespace) -> int:
     configure_logging("INFO")
     settings = load_config(args.config)
+    check_settings(settings)
     data = _with_overrides(settings, args)
     # Secrets travel to the control plane in its environment, never on disk.
     token = data.pop("admin_token", None)

@@ -119,7 +119,7 @@ class RetryConfig(_Strict):
     """Total tries, the first included."""
     retry_on_statuses: list[int] = Field(default_factory=lambda: [502, 503, 504])
     per_try_timeout_s: float | None = None
-    budget_percent: float = Field(default=20.0, gt=0, le=100)
+    budget_percent: float = Field(default=50.0, gt=0, le=100)
 
 
 class TimeoutConfig(_Strict):

@@ -51,6 +51,10 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
+        # gRPC sets SO_REUSEPORT by default: a second `corral serve` on the same
+        # port would then bind silently and split Envoy's streams between two
+        # registries. Refuse instead.
+        ("grpc.so_reuseport", 0),
     ]
 
 

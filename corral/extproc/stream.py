@@ -58,6 +58,7 @@ from corral.errors import (
     InvalidRequest,
     ModelNotFound,
     NoHealthyWorker,
+    NotFound,
     PayloadTooLarge,
 )
 from corral.extproc import headers as names
@@ -70,7 +71,13 @@ from corral.observability.metrics import (
     DECISION_SECONDS,
 )
 from corral.openai import models as model_answers
-from corral.openai.requests import Endpoint, ParsedRequest, endpoint_for, parse_request
+from corral.openai.requests import (
+    Endpoint,
+    ParsedRequest,
+    endpoint_for,
+    is_routable,
+    parse_request,
+)
 from corral.pool.worker import Worker
 from corral.routing.base import Candidate, RoutingRequest
 
@@ -172,6 +179,10 @@ class RequestStream(RequestLedger):
             answer = self._models_answer()
             if answer is not None:
                 return answer
+        # Corral's own gateway routes the engines' inference API and nothing
+        # else; a mesh decides itself what reaches its picker.
+        if not is_routable(self.path) and not (self.modes and self.modes.any_duplex):
+            raise NotFound(f"no such endpoint: {self.method} {self.path.split('?')[0]}")
         declared = self.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.ctx.max_body_bytes:
             raise PayloadTooLarge(

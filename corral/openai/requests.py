@@ -87,6 +87,35 @@ class ParsedRequest:
     routing_text: str | None = None
 
 
+PASSTHROUGH_PATHS = frozenset(
+    {
+        "/v1/score",
+        "/score",
+        "/v1/classify",
+        "/classify",
+        "/pooling",
+        "/v1/pooling",
+        "/tokenize",
+        "/detokenize",
+        "/v1/tokenize",
+        "/v1/detokenize",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+    }
+)
+"""Engine API paths routed without parsing (the JSON ``model`` picks the pool if
+there is one). Any other path is answered 404 by the gateway: engines also serve
+operational and debug routes (``/metrics``, LoRA loading, profiling) that
+clients must not reach through it. A setting listing extra paths would let a
+deployment route endpoints of its own."""
+
+
+def is_routable(path: str) -> bool:
+    """Whether the gateway routes ``path`` to a worker at all."""
+    bare = path.split("?", 1)[0]
+    return bare in ENDPOINTS or bare in PASSTHROUGH_PATHS
+
+
 def endpoint_for(path: str) -> Endpoint:
     """The endpoint of a request path (query string ignored)."""
     return ENDPOINTS.get(path.split("?", 1)[0], Endpoint.OTHER)

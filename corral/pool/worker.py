@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -92,8 +93,8 @@ class Worker:
 def parse_worker_url(url: str) -> tuple[str, str, int]:
     """Check a worker URL and return ``(normalised_url, host, port)``.
 
-    Only ``http://host:port`` (an optional path prefix is refused: Envoy sends the
-    client's path unchanged). Raises ``InvalidRequest`` naming what is wrong.
+    Only ``http://host:port`` with a host name or address (a path prefix is
+    refused: Envoy sends the client's path unchanged). Raises ``InvalidRequest`` naming what is wrong.
     """
     if not isinstance(url, str) or not url.strip():
         raise InvalidRequest("worker url must be a non-empty string", param="url")
@@ -105,15 +106,26 @@ def parse_worker_url(url: str) -> tuple[str, str, int]:
         port = parts.port
     except ValueError as exc:
         raise InvalidRequest(f"invalid worker url {url!r}: {exc}", param="url") from exc
-    if parts.scheme not in ("http", "https"):
+    if parts.scheme != "http":
+        # The pool clusters Envoy gets carry no TLS settings: an https worker
+        # would be spoken to in plain text. Refuse rather than mislead.
         raise InvalidRequest(
-            f"invalid worker url {url!r}: scheme must be http or https", param="url"
+            f"invalid worker url {url!r}: scheme must be http "
+            "(TLS to workers is not supported)",
+            param="url",
         )
     host = parts.hostname
     if not host:
         raise InvalidRequest(f"invalid worker url {url!r}: no host", param="url")
+    if ip_literal(host) is None and not _HOST_NAME.fullmatch(host):
+        raise InvalidRequest(
+            f"invalid worker url {url!r}: {host!r} is not a host name or address",
+            param="url",
+        )
     if port is None:
-        port = 443 if parts.scheme == "https" else 80
+        port = 80
+    if port == 0:
+        raise InvalidRequest(f"invalid worker url {url!r}: port 0", param="url")
     if parts.username is not None or parts.password is not None:
         # Envoy would not send them, and they would show in logs and listings.
         raise InvalidRequest(
@@ -128,6 +140,13 @@ def parse_worker_url(url: str) -> tuple[str, str, int]:
         )
     bracketed = f"[{host}]" if ":" in host else host
     return f"{parts.scheme}://{bracketed}:{port}", host, port
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+"""A DNS host name (RFC 1123 labels)."""
 
 
 def ip_literal(host: str) -> str | None:

@@ -204,3 +204,12 @@ def test_a_huge_prompt_does_not_stall_the_control_plane(stack: Stack) -> None:
     # Before the tokenizer released the GIL, one such prompt held the loop for
     # seconds; the bound is loose on purpose (a busy 2-core machine).
     assert slowest < 2.0, slowest
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/metrics"), ("POST", "/sim/faults")])
+def test_engine_operational_routes_are_not_reachable_through_the_gateway(
+    http: httpx.Client, method: str, path: str
+) -> None:
+    response = http.request(method, path, json={"error_rate": 1.0})
+    assert response.status_code == 404
+    assert _error(response)["code"] == "not_found"

@@ -85,7 +85,7 @@ async def test_request_without_body_is_routed_on_headers_to_the_only_pool():
         (answer,) = await h.exchange(
             [
                 headers_message(
-                    {":method": "GET", ":path": "/health"}, end_of_stream=True
+                    {":method": "GET", ":path": "/v1/score"}, end_of_stream=True
                 )
             ]
         )
@@ -432,3 +432,18 @@ async def test_a_worker_that_leaves_takes_its_in_flight_series_with_it():
         registry.remove("127.0.0.1:9001")
         # Label sets stay bounded however often workers come and go.
         assert REGISTRY.get_sample_value(in_flight, {"worker": "127.0.0.1:9001"}) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/metrics"), ("POST", "/sim/faults"), ("POST", "/v1/load_lora_adapter"),
+     ("GET", "/health")],
+)
+async def test_engine_routes_outside_the_inference_api_are_not_forwarded(method, path):
+    async with Harness(make_registry([9001])) as h:
+        (answer,) = await h.exchange(
+            [headers_message({":method": method, ":path": path}, end_of_stream=True)]
+        )
+    status, _, error = _error(answer)
+    assert status == 404
+    assert path in error["error"]["message"]

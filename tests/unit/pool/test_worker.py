@@ -14,6 +14,9 @@ from corral.pool import make_worker, parse_worker_url
         pytest.param("http://[::1]:9000/", ("http://[::1]:9000", "::1", 9000), id="ipv6"),
         pytest.param("http://10.0.0.5", ("http://10.0.0.5:80", "10.0.0.5", 80),
                      id="default-port"),
+        pytest.param("http://vllm-0.vllm.ns.svc:8000",
+                     ("http://vllm-0.vllm.ns.svc:8000", "vllm-0.vllm.ns.svc", 8000),
+                     id="dns-name"),
     ],
 )
 def test_worker_urls_are_normalised(url, expected):
@@ -29,6 +32,10 @@ def test_worker_urls_are_normalised(url, expected):
         pytest.param("http://127.0.0.1:8000/v1", "path", id="path"),
         pytest.param("http://user:secret@127.0.0.1:8000", "credentials", id="userinfo"),
         pytest.param("http://:8000", "no host", id="no-host"),
+        pytest.param("not a url", "not a host name", id="spaces"),
+        pytest.param("http://-bad-:80", "not a host name", id="bad-label"),
+        pytest.param("http://127.0.0.1:0", "port 0", id="port-zero"),
+        pytest.param("https://10.0.0.5:443", "TLS", id="https"),
     ],
 )
 def test_bad_worker_urls_are_refused_naming_the_problem(url, problem):
