@@ -86,8 +86,9 @@ def test_corral_runs_serve_with_the_mounted_config_and_service_account():
     assert pod["serviceAccountName"] == _one("ServiceAccount", "corral")["metadata"][
         "name"]
     (container,) = pod["containers"]
+    # The image's entrypoint is `corral`: the args start at the subcommand.
     assert container["args"] == [
-        "corral", "serve", "--config", "/etc/corral/config.yaml"
+        "serve", "--config", "/etc/corral/config.yaml"
     ]
     (mount,) = container["volumeMounts"]
     assert mount["mountPath"] == "/etc/corral"
@@ -121,3 +122,18 @@ def test_configmap_config_validates_and_its_selector_matches_the_example_worker(
     assert any(matches(worker["labels"]) for matches in selectors)
     assert worker["annotations"][k8s.port_annotation] == "8000"
     assert settings.model(worker["annotations"][k8s.model_annotation]) is not None
+
+
+def test_the_deployment_command_and_its_config_start_as_written():
+    from corral.cli import build_parser
+    from corral.commands._checks import check_settings
+    from corral.xds.bootstrap import render_bootstrap
+
+    container = _one("Deployment", "corral")["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args(container["args"])  # after ENTRYPOINT corral
+    assert args.command == "serve"
+    settings = _settings()
+    check_settings(settings)
+    cluster = render_bootstrap(settings)["static_resources"]["clusters"][0]
+    # Envoy reaches the control plane through the Service's DNS name.
+    assert cluster["type"] == "STRICT_DNS"
