@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -291,4 +292,7 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
         for child in reversed(children):
             child.stop()
+        if args.log_dir is not None:
+            # Logs went elsewhere: the generated files have no use left.
+            shutil.rmtree(workdir, ignore_errors=True)
         print("corral up: stopped", file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from corral.errors import InvalidRequest
 from corral.observability.metrics import TOKENIZE_SECONDS, TOKENIZER_CACHE
 from corral.openai.requests import ParsedRequest
 from corral.tokenizer.cache import Encoded, TokenizerCache
@@ -85,7 +86,12 @@ class PromptTokenizer:
         except ChatTemplateError as exc:
             logger.debug("chat template: %s; routing on text", exc)
             return None
+        except InvalidRequest:
+            raise
         except (TypeError, ValueError, UnicodeError) as exc:
+            # The Rust tokenizer takes only valid Unicode; JSON escapes can
+            # carry lone surrogates, which no engine can tokenize either.
+            _refuse_lone_surrogates(request)
             logger.debug("prompt not tokenizable (%s); routing on text", exc)
             return None
         encoded, count = result
@@ -105,6 +111,20 @@ class PromptTokenizer:
         if len(head) < len(text):
             count = int(count * len(text) / max(1, len(head)))
         return encoded, count
+
+
+def _refuse_lone_surrogates(request: ParsedRequest) -> None:
+    texts = [request.text or ""]
+    for message in request.messages or ():
+        content = message.get("content")
+        texts.append(content if isinstance(content, str) else "")
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidRequest(
+                f"text is not valid Unicode (lone surrogate at {exc.start})"
+            ) from None
 
 
 def _routing_prefix(text: str, limit: int) -> str:

@@ -104,6 +104,20 @@ class ModelTokenizer:
         return self._tokenizer
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``. Raises ``InvalidRequest`` for text that is not
+        valid Unicode (lone surrogates, which JSON escapes can carry)."""
+        try:
+            return self._encode(text, add_special_tokens)
+        except TypeError:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidRequest(
+                    f"text is not valid Unicode (lone surrogate at {exc.start})"
+                ) from None
+            raise
+
+    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         if len(text) >= _RELEASE_GIL_CHARS:
             # ``Tokenizer.encode`` holds the GIL for its whole run; the batch
             # form releases it, so other threads (the event loop) keep going.

@@ -398,15 +398,16 @@ async def test_json_python_cannot_hold_is_400_not_a_crash(body):
     assert error["error"]["type"] == "invalid_request_error"
 
 
-async def test_lone_surrogate_routes_on_text_instead_of_failing():
+async def test_lone_surrogate_is_a_400_not_a_crash():
     tokenizer = load_tokenizer("builtin")
     body = b'{"model": "m1", "messages": [{"role": "user", "content": "\\ud800 hi"}]}'
     async with Harness(make_registry([9001]), tokenizer_for=lambda _: tokenizer) as h:
         _, answer = await h.exchange(
             [headers_message(chat_headers(length=len(body))), body_message(body)]
         )
-    assert set_headers(answer.request_body.response)["x-corral-pool"] == "m1"
-    assert h.policy.requests[0].tokens is None
+    status, _, error = _error(answer)
+    assert status == 400
+    assert "lone surrogate" in error["error"]["message"]
 
 
 async def test_anthropic_messages_errors_come_in_anthropic_shape():
