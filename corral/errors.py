@@ -59,7 +59,7 @@ class GatewayError(Exception):
     def to_anthropic(self) -> dict[str, Any]:
         """The error as Anthropic's Messages API returns it, for clients of
         ``/v1/messages``: ``{"type": "error", "error": {"type", "message"}}``."""
-        kind = _ANTHROPIC_TYPES.get(self.status, "api_error")
+        kind = ANTHROPIC_ERROR_TYPES.get(self.status, "api_error")
         return {"type": "error", "error": {"type": kind, "message": self.message}}
 
     def body(self, *, dialect: str = "openai") -> bytes:
@@ -75,14 +75,16 @@ class GatewayError(Exception):
         return headers
 
 
-_ANTHROPIC_TYPES = {
+ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    500: "api_error",
     503: "overloaded_error",
+    529: "overloaded_error",
 }
 """Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors)."""
 

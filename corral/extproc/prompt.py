@@ -27,7 +27,11 @@ from corral.errors import InvalidRequest
 from corral.observability.metrics import TOKENIZE_SECONDS, TOKENIZER_CACHE
 from corral.openai.requests import ParsedRequest
 from corral.tokenizer.cache import Encoded, TokenizerCache
-from corral.tokenizer.model import ChatTemplateError, ModelTokenizer
+from corral.tokenizer.model import (
+    ChatTemplateError,
+    ModelTokenizer,
+    raise_if_not_unicode,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +93,6 @@ class PromptTokenizer:
         except InvalidRequest:
             raise
         except (TypeError, ValueError, UnicodeError) as exc:
-            # The Rust tokenizer takes only valid Unicode; JSON escapes can
-            # carry lone surrogates, which no engine can tokenize either.
-            _refuse_lone_surrogates(request)
             logger.debug("prompt not tokenizable (%s); routing on text", exc)
             return None
         encoded, count = result
@@ -106,25 +107,17 @@ class PromptTokenizer:
             assert request.text is not None
             text = request.text
         head = _routing_prefix(text, self.routing_chars)
-        encoded = self.cache.encode(head, add_special_tokens=request.add_special_tokens)
+        try:
+            encoded = self.cache.encode(
+                head, add_special_tokens=request.add_special_tokens
+            )
+        except TypeError:
+            raise_if_not_unicode(head)
+            raise
         count = len(encoded.ids)
         if len(head) < len(text):
             count = int(count * len(text) / max(1, len(head)))
         return encoded, count
-
-
-def _refuse_lone_surrogates(request: ParsedRequest) -> None:
-    texts = [request.text or ""]
-    for message in request.messages or ():
-        content = message.get("content")
-        texts.append(content if isinstance(content, str) else "")
-    for text in texts:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidRequest(
-                f"text is not valid Unicode (lone surrogate at {exc.start})"
-            ) from None
 
 
 def _routing_prefix(text: str, limit: int) -> str:

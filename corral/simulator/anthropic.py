@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from corral.errors import InvalidRequest
+from corral.errors import ANTHROPIC_ERROR_TYPES, InvalidRequest
 from corral.simulator import protocol as p
 from corral.simulator.api import check_length, run_steps
 from corral.simulator.generation import Delta, Outcome, SamplingParams
@@ -31,25 +31,12 @@ logger = logging.getLogger(__name__)
 
 PATH = "/v1/messages"
 
-# Anthropic's error "type" per HTTP status (https://docs.anthropic.com/en/api/errors).
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    503: "overloaded_error",
-    529: "overloaded_error",
-}
-
 STOP_REASONS = {"length": "max_tokens", "stop": "end_turn"}
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
     """An error answer in Anthropic's shape."""
-    kind = ERROR_TYPES.get(
+    kind = ANTHROPIC_ERROR_TYPES.get(
         status, "api_error" if status >= 500 else "invalid_request_error"
     )
     return {"type": "error", "error": {"type": kind, "message": message}}

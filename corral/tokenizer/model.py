@@ -23,6 +23,18 @@ _RELEASE_GIL_CHARS = 8 * 1024
 """Texts this long are encoded through the GIL-releasing batch call."""
 
 
+def raise_if_not_unicode(text: str) -> None:
+    """Raise ``InvalidRequest`` if ``text`` holds lone surrogates (JSON escapes
+    can carry them; the Rust tokenizer, like any engine, refuses them with a
+    ``TypeError``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"text is not valid Unicode (lone surrogate at {exc.start})"
+        ) from None
+
+
 class ChatTemplateError(InvalidRequest):
     code = "chat_template_error"
 
@@ -109,12 +121,7 @@ class ModelTokenizer:
         try:
             return self._encode(text, add_special_tokens)
         except TypeError:
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise InvalidRequest(
-                    f"text is not valid Unicode (lone surrogate at {exc.start})"
-                ) from None
+            raise_if_not_unicode(text)
             raise
 
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
