@@ -199,9 +199,10 @@ async def resolve(host: str, port: int) -> str | None:
         )
     except OSError:
         return None
-    addresses = [info[4][0] for info in infos]
+    addresses = [str(info[4][0]) for info in infos]
     ipv4 = [a for a in addresses if ":" not in a]
-    return (ipv4 or addresses or [None])[0]
+    preferred = ipv4 or addresses
+    return preferred[0] if preferred else None
 
 
 def track_workers_gauge(registry: WorkerRegistry) -> Callable[[], None]:

@@ -50,13 +50,13 @@ def _ticket(request: pb.ProcessingRequest) -> str | None:
     value = filter_metadata[names.TICKET_NAMESPACE].fields.get(names.TICKET_KEY)
     if value is None or value.WhichOneof("kind") != "string_value":
         return None
-    return value.string_value
+    return str(value.string_value)
 
 
 def _request_id(message: pb.HttpHeaders) -> str | None:
     for header in message.headers.headers:
         if header.key.lower() == names.REQUEST_ID_HEADER:
-            return header.raw_value.decode("utf-8", "replace") or header.value
+            return str(header.raw_value.decode("utf-8", "replace") or header.value)
     return None
 
 

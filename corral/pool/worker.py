@@ -94,7 +94,8 @@ def parse_worker_url(url: str) -> tuple[str, str, int]:
     """Check a worker URL and return ``(normalised_url, host, port)``.
 
     Only ``http://host:port`` with a host name or address (a path prefix is
-    refused: Envoy sends the client's path unchanged). Raises ``InvalidRequest`` naming what is wrong.
+    refused: Envoy sends the client's path unchanged). Raises ``InvalidRequest``
+    naming what is wrong.
     """
     if not isinstance(url, str) or not url.strip():
         raise InvalidRequest("worker url must be a non-empty string", param="url")

@@ -15,14 +15,12 @@ response side only watches: usage, timings, the served worker, the end.
 from __future__ import annotations
 
 import ipaddress
-
 from typing import Any
 
 from corral.config.settings import Address, Settings
 from corral.xds.names import (
     CLUSTER_HEADER,
     CONTROL_PLANE_CLUSTER,
-    DESTINATION_HEADER,
     LB_METADATA_NAMESPACE,
     POOL_HEADER,
     STREAM_HEADER,
@@ -127,7 +125,8 @@ def _control_plane_cluster(settings: Settings) -> dict[str, Any]:
         "connect_timeout": _seconds(settings.timeouts.connect_s),
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "@type": _TYPE
+                + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {
                     "http2_protocol_options": {
                         # ext_proc streams are long and many: do not cap them.
@@ -139,7 +138,9 @@ def _control_plane_cluster(settings: Settings) -> dict[str, Any]:
         },
         "load_assignment": {
             "cluster_name": CONTROL_PLANE_CLUSTER,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(target)}}]}],
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket(target)}}]}
+            ],
         },
     }
 
@@ -162,7 +163,8 @@ def _ext_proc_filter(settings: Settings) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
-            "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "@type": _TYPE
+            + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "grpc_service": {
                 "envoy_grpc": {
                     "cluster_name": CONTROL_PLANE_CLUSTER,
@@ -203,7 +205,8 @@ def _observer_filter() -> dict[str, Any]:
     return {
         "name": OBSERVER_FILTER,
         "typed_config": {
-            "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "@type": _TYPE
+            + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "grpc_service": {"envoy_grpc": {"cluster_name": CONTROL_PLANE_CLUSTER}},
             "observability_mode": True,
             # Watching must never fail a request, whatever the picker's policy.
@@ -238,8 +241,8 @@ def _retry_policy(settings: Settings, first_byte_s: float | None) -> dict[str, A
             {
                 "name": "envoy.retry_host_predicates.previous_hosts",
                 "typed_config": {
-                    "@type": _TYPE
-                    + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                    "@type": _TYPE + "envoy.extensions.retry.host.previous_hosts"
+                    ".v3.PreviousHostsPredicate"
                 },
             }
         ],
@@ -358,8 +361,11 @@ def _routes(settings: Settings) -> list[dict[str, Any]]:
         # No x-corral-worker here: only requests the picker routed carry it, so
         # its absence marks fail-open traffic.
         routes.append(
-            {"name": "default_pool", "match": {"prefix": "/"},
-             "route": _pool_action(fallback, settings)}
+            {
+                "name": "default_pool",
+                "match": {"prefix": "/"},
+                "route": _pool_action(fallback, settings),
+            }
         )
     else:
         body = (
@@ -373,8 +379,10 @@ def _routes(settings: Settings) -> list[dict[str, Any]]:
                 "match": {"prefix": "/"},
                 "direct_response": {"status": 503, "body": {"inline_string": body}},
                 "response_headers_to_add": [
-                    {"header": {"key": "content-type", "value": "application/json"},
-                     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                    {
+                        "header": {"key": "content-type", "value": "application/json"},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
                 ],
             }
         )
@@ -389,25 +397,38 @@ def _local_reply_config() -> dict[str, Any]:
                 "filter": {
                     "and_filter": {
                         "filters": [
-                            {"status_code_filter": {"comparison": {
-                                "op": "EQ",
-                                "value": {"default_value": status,
-                                          "runtime_key": f"corral.local_reply.{status}"},
-                            }}},
-                            {"extension_filter": {
-                                "name": "envoy.access_loggers.extension_filters.cel",
-                                "typed_config": {
-                                    "@type": _TYPE + "envoy.extensions.access_loggers"
-                                    ".filters.cel.v3.ExpressionFilter",
-                                    # Envoy's own replies have no content-type
-                                    # yet when this runs; ext_proc's have one.
-                                    "expression": (
-                                        "!('content-type' in response.headers) || "
-                                        "!response.headers['content-type']"
-                                        ".startsWith('application/json')"
+                            {
+                                "status_code_filter": {
+                                    "comparison": {
+                                        "op": "EQ",
+                                        "value": {
+                                            "default_value": status,
+                                            "runtime_key": (
+                                                f"corral.local_reply.{status}"
+                                            ),
+                                        },
+                                    }
+                                }
+                            },
+                            {
+                                "extension_filter": {
+                                    "name": (
+                                        "envoy.access_loggers.extension_filters.cel"
                                     ),
-                                },
-                            }},
+                                    "typed_config": {
+                                        "@type": _TYPE
+                                        + "envoy.extensions.access_loggers"
+                                        ".filters.cel.v3.ExpressionFilter",
+                                        # Envoy's own replies have no content-type
+                                        # yet when this runs; ext_proc's have one.
+                                        "expression": (
+                                            "!('content-type' in response.headers) || "
+                                            "!response.headers['content-type']"
+                                            ".startsWith('application/json')"
+                                        ),
+                                    },
+                                }
+                            },
                         ]
                     }
                 },
@@ -436,7 +457,7 @@ def _access_log() -> list[dict[str, Any]]:
                 "log_format": {
                     "text_format_source": {
                         "inline_string": (
-                            "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)%\" "
+                            '[%START_TIME%] "%REQ(:METHOD)% %REQ(:PATH)%" '
                             "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% "
                             "pool=%REQ(X-CORRAL-POOL)% host=%UPSTREAM_HOST% "
                             "attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% "
@@ -491,15 +512,19 @@ def _listener(settings: Settings) -> dict[str, Any]:
         "filter_chains": [
             {
                 "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager",
-                     "typed_config": hcm}
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": hcm,
+                    }
                 ]
             }
         ],
     }
 
 
-def render_bootstrap(settings: Settings, *, delta: bool | None = None) -> dict[str, Any]:
+def render_bootstrap(
+    settings: Settings, *, delta: bool | None = None
+) -> dict[str, Any]:
     """The full Envoy bootstrap for ``settings``, as JSON-compatible data.
 
     ``delta`` overrides ``settings.envoy.ads_delta``: True subscribes with
@@ -515,10 +540,14 @@ def render_bootstrap(settings: Settings, *, delta: bool | None = None) -> dict[s
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [
-                    {"envoy_grpc": {
-                        "cluster_name": CONTROL_PLANE_CLUSTER,
-                        "max_receive_message_length": grpc_max_message_bytes(settings),
-                    }}
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": CONTROL_PLANE_CLUSTER,
+                            "max_receive_message_length": grpc_max_message_bytes(
+                                settings
+                            ),
+                        }
+                    }
                 ],
             },
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
